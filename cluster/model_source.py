@@ -1,0 +1,47 @@
+"""From the inventory's `model:` to a model directory the workers can load:
+GGUF files are imported once into the model cache."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from cluster import paths
+from cluster.demo_model import bundled_gguf_path
+from cluster.inventory import BUNDLED_MODEL, ModelSpec
+from node.gguf import import_gguf
+from node.model_config import ModelDirError, ModelInfo, read_model_info
+
+log = logging.getLogger(__name__)
+IMPORT_MARKER = "boltpipe_import.json"
+
+
+def cached_import_dir(gguf: Path) -> Path:
+    """A cache entry per GGUF file version (path, size, modification time)."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return paths.model_cache() / f"{gguf.stem}-{key}"
+
+
+def resolve_model(spec: ModelSpec, *, progress: bool = True) -> ModelInfo:
+    if spec.path is not None:
+        return read_model_info(spec.path)
+    assert spec.gguf is not None
+    gguf = bundled_gguf_path() if spec.gguf == BUNDLED_MODEL else Path(spec.gguf)
+    if not gguf.is_file():
+        raise ModelDirError(f"model.gguf: {gguf} does not exist")
+    target = cached_import_dir(gguf)
+    if not (target / IMPORT_MARKER).is_file():
+        log.info("importing %s into %s (once)", gguf.name, target)
+        import_gguf(gguf, target, progress=progress)
+    return read_model_info(target)
+
+
+def served_model_name(spec: ModelSpec, info: ModelInfo) -> str:
+    if spec.name:
+        return spec.name
+    if spec.gguf == BUNDLED_MODEL:
+        return "smollm2-135m-instruct"
+    source = Path(spec.gguf) if spec.gguf else info.path
+    return source.stem if spec.gguf else source.name

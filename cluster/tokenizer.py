@@ -1,0 +1,40 @@
+"""The coordinator's tokenizer: prompts to ids the way mlx-lm's own CLI makes them,
+ids back to text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from mlx_lm.tokenizer_utils import load as load_mlx_tokenizer
+
+
+class PromptTokenizer:
+    def __init__(self, model_dir: str | Path):
+        self._wrapper = load_mlx_tokenizer(Path(model_dir))
+        self._hf = self._wrapper._tokenizer
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self._wrapper.has_chat_template)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        return set(self._wrapper.eos_token_ids)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Chat messages through the model's template, as `mlx_lm generate` does."""
+        text = self._wrapper.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self._hf.encode(text, add_special_tokens=False))
+
+    def encode_text(self, text: str) -> list[int]:
+        """Raw text, with the model's own special tokens (e.g. BOS) added."""
+        return list(self._hf.encode(text, add_special_tokens=True))
+
+    def encode_user_prompt(self, prompt: str, *, raw: bool = False) -> list[int]:
+        if raw or not self.has_chat_template:
+            return self.encode_text(prompt)
+        return self.encode_chat([{"role": "user", "content": prompt}])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._hf.decode(list(ids))

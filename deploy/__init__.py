@@ -1,0 +1,1 @@
+"""Getting workers running: local processes now; SSH, launchd and systemd later."""

@@ -1,0 +1,149 @@
+"""Worker processes on this machine: start them, wait until they listen, stop them by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from proto import WORKER_READY_MARKER as READY_MARKER
+
+
+class WorkerStartError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LocalWorkerSpec:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass
+class LocalWorker:
+    name: str
+    host: str
+    port: int
+    pid: int
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start_local_workers(
+    specs: Sequence[LocalWorkerSpec],
+    log_dir: Path,
+    *,
+    parent_pid: int | None = None,
+    timeout_s: float = 60.0,
+    extra_env: dict[str, str] | None = None,
+) -> list[LocalWorker]:
+    """Start every worker, then wait for all of them. If any cannot start, the ones
+    already started are stopped and the error names the worker and why."""
+    busy = [f"{s.name} ({s.host}:{s.port})" for s in specs if port_in_use(s.host, s.port)]
+    if busy:
+        raise WorkerStartError(
+            "port already in use for " + ", ".join(busy) + "; stop what is listening there "
+            "(maybe `cluster down` for a cluster already up) or change the port in the inventory"
+        )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **(extra_env or {}))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    workers: list[LocalWorker] = []
+    try:
+        for spec in specs:
+            log_path = log_dir / f"worker-{spec.name}.log"
+            cmd = [sys.executable, "-m", "node", "--host", spec.host, "--port", str(spec.port), "--name", spec.name]
+            if parent_pid:
+                cmd += ["--parent-pid", str(parent_pid)]
+            with open(log_path, "wb") as log:
+                process = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+                )
+            workers.append(LocalWorker(spec.name, spec.host, spec.port, process.pid, log_path, process))
+        _wait_ready(workers, timeout_s)
+    except BaseException:
+        stop_pids([w.pid for w in workers])
+        raise
+    return workers
+
+
+def _wait_ready(workers: list[LocalWorker], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(workers)
+    while pending:
+        for worker in list(pending):
+            if READY_MARKER in worker.log_path.read_text(errors="replace"):
+                pending.remove(worker)
+                continue
+            code = worker.process.poll() if worker.process else None
+            if code is not None:
+                raise WorkerStartError(
+                    f"worker {worker.name} exited with code {code} before it was ready; its log ({worker.log_path}):\n"
+                    + log_tail(worker.log_path)
+                )
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(w.name for w in pending)
+            raise WorkerStartError(f"worker(s) {names} did not start within {timeout_s:.0f} s; see {pending[0].log_path}")
+        if pending:
+            time.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child counts as gone.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def stop_pids(pids: Sequence[int], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL whatever is still there after the timeout."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    remaining = [p for p in pids if pid_alive(p)]
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.05)
+        remaining = [p for p in remaining if pid_alive(p)]
+    for pid in remaining:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in remaining:
+        while pid_alive(pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.05)

@@ -1,0 +1,5 @@
+import sys
+
+from node.worker_main import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""The long-lived Steps stream from this stage to the next one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator, Callable
+
+import grpc
+
+from proto import boltpipe_pb2 as pb
+from proto import boltpipe_pb2_grpc as pb_grpc
+from proto import grpc_options
+
+log = logging.getLogger(__name__)
+
+
+class NextStageLink:
+    """Opens one stream to the next stage and reuses it for every step. When the
+    stream breaks, steps that could not be handed over are reported through
+    `on_lost` and the next send opens a new stream."""
+
+    def __init__(self, address: str, on_lost: Callable[[pb.Step, str], None]):
+        self.address = address
+        self._on_lost = on_lost
+        self._channel: grpc.aio.Channel | None = None
+        self._queue: asyncio.Queue[pb.Step | None] | None = None
+        self._reader: asyncio.Task | None = None
+
+    def _open(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.address, options=grpc_options())
+        stub = pb_grpc.WorkerStub(self._channel)
+        queue: asyncio.Queue[pb.Step | None] = asyncio.Queue()
+        self._queue = queue
+        call = stub.Steps(self._drain(queue))
+        self._reader = asyncio.create_task(self._read_acks(call, queue))
+
+    async def _drain(self, queue: asyncio.Queue) -> AsyncIterator[pb.Step]:
+        while (step := await queue.get()) is not None:
+            yield step
+
+    async def _read_acks(self, call, queue: asyncio.Queue) -> None:
+        try:
+            async for ack in call:
+                if ack.error:
+                    log.warning("next stage %s refused a step: %s", self.address, ack.error)
+            reason = "stream closed"
+        except grpc.aio.AioRpcError as exc:
+            reason = f"{exc.code().name}: {exc.details()}"
+        except asyncio.CancelledError:
+            return
+        log.warning("stream to next stage %s ended (%s)", self.address, reason)
+        if self._queue is queue:
+            self._queue = None
+        while not queue.empty():
+            step = queue.get_nowait()
+            if step is not None:
+                self._on_lost(step, f"next stage {self.address} unreachable ({reason})")
+
+    def send(self, step: pb.Step) -> None:
+        if self._queue is None:
+            self._open()
+        assert self._queue is not None
+        self._queue.put_nowait(step)
+
+    async def close(self) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+            self._queue = None
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None

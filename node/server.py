@@ -1,0 +1,248 @@
+"""The worker's gRPC service: control RPCs and the data plane for one layer slice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+import node
+from node import sysinfo
+from node.model_config import read_model_info
+from node.next_stage import NextStageLink
+from node.results_hub import ResultsHub
+from node.sessions import SessionStore
+from node.stage_model import LayerRange, load_stage
+from node.stage_runner import StageRunner, StepError
+from proto import PROTOCOL_VERSION
+from proto import boltpipe_pb2 as pb
+from proto import boltpipe_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SESSIONS = 64
+MAX_STEP_TOKENS = 8192
+IDLE_SWEEP_S = 30.0
+
+
+class LoadedSlice:
+    def __init__(self, spec: pb.SliceSpec, runner: StageRunner, link: NextStageLink | None):
+        self.spec = spec
+        self.runner = runner
+        self.link = link
+
+
+class WorkerService(pb_grpc.WorkerServicer):
+    def __init__(self, node_id: str, *, idle_timeout_s: float = 300.0):
+        self.node_id = node_id
+        self.idle_timeout_s = idle_timeout_s
+        self.started = time.monotonic()
+        # Every MLX call runs on this one thread, in arrival order.
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self.hub = ResultsHub()
+        self.slice: LoadedSlice | None = None
+        self.loading = False
+        self._inbox: asyncio.Queue[tuple[pb.Step, int]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+
+    def start_background(self) -> None:
+        self._tasks.append(asyncio.create_task(self._compute_loop()))
+        self._tasks.append(asyncio.create_task(self._sweep_idle()))
+
+    async def stop_background(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.slice and self.slice.link:
+            await self.slice.link.close()
+        self.compute.shutdown(wait=False, cancel_futures=True)
+
+    # ---- control plane -------------------------------------------------
+
+    def info(self) -> pb.NodeInfo:
+        sessions = self.slice.runner.sessions if self.slice else None
+        return pb.NodeInfo(
+            node_id=self.node_id,
+            boltpipe_version=node.__version__,
+            protocol_version=PROTOCOL_VERSION,
+            hostname=socket.gethostname(),
+            platform=sysinfo.platform_name(),
+            backends=sysinfo.mlx_backends(),
+            total_memory_bytes=sysinfo.total_memory_bytes(),
+            peak_rss_bytes=sysinfo.peak_rss_bytes(),
+            rss_bytes=sysinfo.rss_bytes(),
+            loaded=self.slice is not None,
+            slice=self.slice.spec if self.slice else None,
+            active_sessions=len(sessions) if sessions else 0,
+            kv_cache_bytes=sessions.kv_bytes() if sessions else 0,
+            pid=os.getpid(),
+        )
+
+    async def GetInfo(self, request, context):
+        return self.info()
+
+    async def Health(self, request, context):
+        status = "loading" if self.loading else ("serving" if self.slice else "empty")
+        return pb.HealthReply(
+            status=status,
+            active_sessions=len(self.slice.runner.sessions) if self.slice else 0,
+            uptime_ms=int((time.monotonic() - self.started) * 1000),
+        )
+
+    async def EndSession(self, request, context):
+        if self.slice is None:
+            return pb.EndSessionReply(ended=0)
+        ended = await asyncio.get_running_loop().run_in_executor(
+            self.compute, self.slice.runner.sessions.end, list(request.session_ids)
+        )
+        return pb.EndSessionReply(ended=ended)
+
+    async def LoadSlice(self, spec: pb.SliceSpec, context):
+        if self.loading:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a slice is already being loaded")
+        if self.slice is not None and self.slice.spec == spec:
+            yield pb.LoadProgress(phase="ready", message="already loaded", info=self.info())
+            return
+        self.loading = True
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[pb.LoadProgress] = asyncio.Queue()
+        last_sent = [0.0]
+
+        def progress(phase: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and now - last_sent[0] < 0.1:
+                return
+            last_sent[0] = now
+            loop.call_soon_threadsafe(events.put_nowait, pb.LoadProgress(phase=phase, done=done, total=total))
+
+        try:
+            if self.slice is not None:
+                old, self.slice = self.slice, None
+                if old.link:
+                    await old.link.close()
+            job = loop.run_in_executor(self.compute, self._load, spec, progress)
+            while not job.done() or not events.empty():
+                try:
+                    yield await asyncio.wait_for(events.get(), timeout=0.2)
+                except asyncio.TimeoutError:
+                    pass
+            try:
+                runner = job.result()
+            except Exception as exc:  # the message is for the person running `cluster up`
+                log.exception("loading %s failed", spec.model_path)
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load slice: {exc}")
+            link = NextStageLink(spec.next_address, self._report_lost) if spec.next_address else None
+            self.slice = LoadedSlice(spec, runner, link)
+            yield pb.LoadProgress(phase="ready", info=self.info())
+        finally:
+            self.loading = False
+
+    def _load(self, spec: pb.SliceSpec, progress) -> StageRunner:
+        info = read_model_info(spec.model_path)
+        if spec.num_layers and spec.num_layers != info.num_layers:
+            raise ValueError(f"the coordinator expects {spec.num_layers} layers but {spec.model_path} has {info.num_layers}")
+        is_last = spec.layer_end == info.num_layers
+        if is_last != (not spec.next_address):
+            raise ValueError("only the stage holding the model's last layer may have no next stage")
+        stage = load_stage(info.path, LayerRange(spec.layer_start, spec.layer_end), progress)
+        sessions = SessionStore(
+            stage.make_cache,
+            max_sessions=spec.max_sessions or DEFAULT_MAX_SESSIONS,
+            kv_budget_bytes=spec.kv_budget_bytes,
+            idle_timeout_s=self.idle_timeout_s,
+        )
+        return StageRunner(
+            stage, sessions, hidden_size=info.hidden_size, vocab_size=info.vocab_size, max_step_tokens=MAX_STEP_TOKENS
+        )
+
+    # ---- data plane ----------------------------------------------------
+
+    async def Steps(self, request_iterator, context):
+        async for step in request_iterator:
+            if self.slice is None:
+                yield pb.StepAck(error="no slice loaded")
+                self._report(step, "worker has no slice loaded")
+                continue
+            self._inbox.put_nowait((step, time.time_ns()))
+
+    async def Results(self, request: pb.ResultsRequest, context):
+        queue = self.hub.subscribe(request.reply_to)
+        # Tells the subscriber it is registered, before any result exists.
+        await context.send_initial_metadata(())
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self.hub.unsubscribe(request.reply_to, queue)
+
+    def _stage_index(self) -> int:
+        return self.slice.spec.stage_index if self.slice else -1
+
+    def _report(self, step: pb.Step, error: str) -> None:
+        self.hub.publish(
+            step.reply_to,
+            pb.StepResult(
+                session_id=step.session_id, step_id=step.step_id, token_id=-1, error=error, failed_stage=self._stage_index()
+            ),
+        )
+
+    def _report_lost(self, step: pb.Step, error: str) -> None:
+        self._report(step, error)
+
+    async def _compute_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            step, recv_ns = await self._inbox.get()
+            current = self.slice
+            if current is None:
+                self._report(step, "worker has no slice loaded")
+                continue
+            timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns, compute_start_ns=time.time_ns())
+            try:
+                out = await loop.run_in_executor(self.compute, current.runner.run, step)
+            except StepError as exc:
+                await loop.run_in_executor(self.compute, current.runner.sessions.end, [step.session_id])
+                self._report(step, str(exc))
+                continue
+            except Exception as exc:  # never let one bad step stop the worker
+                log.exception("step failed")
+                await loop.run_in_executor(self.compute, current.runner.sessions.end, [step.session_id])
+                self._report(step, f"internal error: {exc}")
+                continue
+            timing.compute_end_ns = time.time_ns()
+            timings = list(step.timings) + [timing]
+            if current.link is None:
+                timing.send_ns = time.time_ns()
+                result = pb.StepResult(session_id=step.session_id, step_id=step.step_id, token_id=-1, timings=timings)
+                if out.token is not None:
+                    result.token_id = out.token.token_id
+                    result.logprob = out.token.logprob
+                    result.top_logprobs.extend(pb.TopLogprob(token_id=t, logprob=lp) for t, lp in out.token.top)
+                self.hub.publish(step.reply_to, result)
+            else:
+                timing.send_ns = time.time_ns()
+                current.link.send(
+                    pb.Step(
+                        session_id=step.session_id,
+                        step_id=step.step_id,
+                        position=step.position,
+                        hidden=out.hidden,
+                        want_token=step.want_token,
+                        sampling=step.sampling,
+                        reply_to=step.reply_to,
+                        timings=timings,
+                    )
+                )
+
+    async def _sweep_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_S)
+            if self.slice is not None:
+                ended = await loop.run_in_executor(self.compute, self.slice.runner.sessions.end_idle)
+                if ended:
+                    log.info("ended %d idle sessions", len(ended))

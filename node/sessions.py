@@ -1,0 +1,77 @@
+"""Per-session KV caches on one worker: created at a session's first step, freed on
+EndSession or after sitting idle, bounded in count and bytes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import mlx.core as mx
+
+
+class SessionError(Exception):
+    """A step that names a session in a way this worker cannot honour."""
+
+
+@dataclass
+class Session:
+    session_id: str
+    cache: list
+    position: int = 0               # the position the next step must start at
+    key: mx.array | None = None     # sampling key chain (last stage only)
+    last_used: float = field(default_factory=time.monotonic)
+    steps: int = 0
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.cache)
+
+
+class SessionStore:
+    def __init__(
+        self,
+        make_cache: Callable[[], list],
+        *,
+        max_sessions: int = 64,
+        kv_budget_bytes: int = 0,
+        idle_timeout_s: float = 300.0,
+    ):
+        self._make_cache = make_cache
+        self.max_sessions = max_sessions
+        self.kv_budget_bytes = kv_budget_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def for_step(self, session_id: str, position: int) -> Session:
+        """The session a step at `position` belongs to, created when position is 0."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            if position != 0:
+                raise SessionError(f"unknown session {session_id!r} (a new session starts at position 0, got {position})")
+            if len(self._sessions) >= self.max_sessions:
+                raise SessionError(f"worker is full: {self.max_sessions} sessions open")
+            if self.kv_budget_bytes and self.kv_bytes() >= self.kv_budget_bytes:
+                raise SessionError(f"KV cache budget of {self.kv_budget_bytes} bytes is used up")
+            session = Session(session_id, self._make_cache())
+            self._sessions[session_id] = session
+        elif position != session.position:
+            raise SessionError(
+                f"session {session_id!r}: step starts at position {position} but the cache holds {session.position} tokens"
+            )
+        session.last_used = time.monotonic()
+        return session
+
+    def end(self, session_ids: list[str]) -> int:
+        return sum(self._sessions.pop(sid, None) is not None for sid in session_ids)
+
+    def end_idle(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        idle = [sid for sid, s in self._sessions.items() if now - s.last_used > self.idle_timeout_s]
+        self.end(idle)
+        return idle
+
+    def kv_bytes(self) -> int:
+        return sum(s.nbytes() for s in self._sessions.values())

@@ -1,0 +1,79 @@
+"""`cluster worker` / `python -m node`: run one worker process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+import grpc
+
+from node.server import WorkerService
+from proto import boltpipe_pb2_grpc as pb_grpc
+from proto import WORKER_READY_MARKER, grpc_options
+
+EXIT_PORT_IN_USE = 3
+
+log = logging.getLogger("boltpipe.worker")
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=50061, help="gRPC port (0 picks a free one)")
+    parser.add_argument("--name", default=socket.gethostname(), help="node name reported to the coordinator")
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle session is freed")
+    parser.add_argument("--log-level", default="INFO")
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if os.getppid() != parent_pid:
+            log.warning("parent process %d is gone; stopping", parent_pid)
+            stop.set()
+        await asyncio.sleep(1.0)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    server = grpc.aio.server(options=grpc_options())
+    service = WorkerService(args.name, idle_timeout_s=args.idle_timeout)
+    pb_grpc.add_WorkerServicer_to_server(service, server)
+    address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        print(f"error: cannot listen on {args.host}:{args.port}: the address is in use or not available", file=sys.stderr)
+        return EXIT_PORT_IN_USE
+    await server.start()
+    service.start_background()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
+    print(f"{WORKER_READY_MARKER} name={args.name} port={port} pid={os.getpid()}", flush=True)
+    log.info("worker %s listening on %s:%d", args.name, args.host, port)
+    await stop.wait()
+    log.info("worker %s stopping", args.name)
+    if watcher:
+        watcher.cancel()
+    await server.stop(grace=1.0)
+    await service.stop_background()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return asyncio.run(serve(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m node", description="Run a boltpipe worker.")
+    add_worker_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,32 @@
+"""Shared fixtures: the bundled SmolLM2 GGUF and its imported model directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the test suite may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    from cluster.demo_model import bundled_gguf_path
+
+    return bundled_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled GGUF imported once per test session."""
+    from node.gguf import import_gguf
+
+    out = tmp_path_factory.mktemp("smollm2") / "model"
+    import_gguf(smollm2_gguf, out, progress=False)
+    return out
