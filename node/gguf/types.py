@@ -1,0 +1,42 @@
+"""ggml tensor type ids, their block layouts, and which of them the importer converts."""
+
+from __future__ import annotations
+
+# ggml type id -> name (ids are fixed by ggml's on-disk format).
+_NAMES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
+    16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S",
+    22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
+    29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+}
+
+# (elements per block, bytes per block) for the types whose size we can compute;
+# used to locate tensors and to detect truncated files.
+_LAYOUTS = {
+    0: (1, 4), 1: (1, 2), 30: (1, 2), 28: (1, 8), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8),
+    2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
+    20: (32, 18), 23: (256, 136), 39: (32, 17),
+}
+
+
+class GGMLType:
+    F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
+
+    # What the importer converts: floats are copied, the three classic block formats are
+    # repacked losslessly into MLX affine (weight, scales, biases) triplets with group size 32.
+    SUPPORTED = (F32, F16, BF16, Q4_0, Q4_1, Q8_0)
+    QUANTIZED_BITS = {Q4_0: 4, Q4_1: 4, Q8_0: 8}
+
+    @staticmethod
+    def layout(type_id: int) -> tuple[int, int] | None:
+        return _LAYOUTS.get(type_id)
+
+
+def ggml_type_name(type_id: int) -> str:
+    return _NAMES.get(type_id, f"unknown type id {type_id}")
+
+
+def supported_type_names() -> str:
+    return ", ".join(ggml_type_name(t) for t in GGMLType.SUPPORTED)
