@@ -1,0 +1,1 @@
+"""The boltpipe coordinator and CLI."""

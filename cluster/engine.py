@@ -26,6 +26,7 @@ class GenerationParams:
     seed: int | None = None
     stop: Sequence[str] = ()
     top_logprobs: int = 0
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens
 
     def to_wire(self) -> pb.SamplingParams:
         return pb.SamplingParams(
@@ -57,7 +58,7 @@ class TokenStep:
 @dataclass
 class TextDelta:
     text: str
-    token: TokenStep | None = None
+    tokens: list[TokenStep] = field(default_factory=list)  # the tokens this text came from
 
 
 @dataclass
@@ -130,7 +131,7 @@ class Engine:
                     timings=list(result.timings),
                 )
                 yield token
-                if token.token_id in eos:
+                if token.token_id in eos and not params.ignore_eos:
                     return
                 next_input = token.token_id
         finally:
@@ -160,6 +161,7 @@ class Engine:
         started = time.monotonic()
         prefill_s = 0.0
         steps = self.tokens(prompt_ids, params)
+        unsent: list[TokenStep] = []
         try:
             async for token in steps:
                 if not generated:
@@ -168,9 +170,11 @@ class Engine:
                 if token.token_id in eos:
                     reason = "stop"
                     break
+                unsent.append(token)
                 out, hit_stop_string = stops.feed(decoder.add(token.token_id))
                 if out:
-                    yield TextDelta(out, token)
+                    yield TextDelta(out, unsent)
+                    unsent = []
                 if hit_stop_string:
                     reason = "stop"
                     break
@@ -183,5 +187,5 @@ class Engine:
             if hit_stop_string:
                 reason = "stop"
             if tail:
-                yield TextDelta(tail)
+                yield TextDelta(tail, unsent)
         yield Finish(reason, len(prompt_ids), len(generated), prefill_s, generated)

@@ -27,9 +27,9 @@ class PromptTokenizer:
         text = self._wrapper.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(self._hf.encode(text, add_special_tokens=False))
 
-    def encode_text(self, text: str) -> list[int]:
-        """Raw text, with the model's own special tokens (e.g. BOS) added."""
-        return list(self._hf.encode(text, add_special_tokens=True))
+    def encode_text(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Raw text, with the model's own special tokens (e.g. BOS) added unless told not to."""
+        return list(self._hf.encode(text, add_special_tokens=add_special_tokens))
 
     def encode_user_prompt(self, prompt: str, *, raw: bool = False) -> list[int]:
         if raw or not self.has_chat_template:

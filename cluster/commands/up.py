@@ -1,0 +1,122 @@
+"""`cluster up INVENTORY`: start local workers, load the slices, serve the API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from aiohttp import web
+
+from cluster.bringup import BringUpError, RunningCluster, bring_up
+from cluster.http_api import OpenAIServer
+from cluster.inventory import Inventory, load_inventory
+from cluster.state import ClusterState, StateError, WorkerRecord, clear_state, live_state, read_state, run_dir_for
+from deploy.local import log_tail, pid_alive, port_in_use
+
+DETACH_TIMEOUT_S = 900.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start the cluster described by an inventory and serve it")
+    p.add_argument("inventory", help="inventory.yaml")
+    p.add_argument("--detach", action="store_true", help="return once the cluster serves; stop it with `cluster down`")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.inventory)
+    run_dir = run_dir_for(inventory)
+    if (state := live_state(run_dir)) is not None:
+        raise StateError(
+            f"the cluster of {args.inventory} is already up at {state.url} (coordinator pid {state.coordinator_pid}); "
+            f"run `cluster down {args.inventory}` first"
+        )
+    if port_in_use(inventory.serve_host, inventory.serve_port):
+        raise StateError(
+            f"port {inventory.serve_port} on {inventory.serve_host} (serve.port) is already in use; "
+            "stop what listens there or change serve.port in the inventory"
+        )
+    if args.detach:
+        return _detach(args, inventory)
+    return asyncio.run(serve(inventory, show_progress=not args.no_progress))
+
+
+def _detach(args: argparse.Namespace, inventory: Inventory) -> int:
+    """Run the foreground command in a new session with its output in a log file,
+    and return once its state says it serves (or report why it did not)."""
+    run_dir = run_dir_for(inventory)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "coordinator.log"
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "cluster", "up", str(inventory.source), "--no-progress"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    deadline = time.monotonic() + DETACH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = read_state(run_dir)
+        if state is not None and state.coordinator_pid == child.pid and state.status == "ready":
+            print(f"boltpipe: serving {state.model} at {state.url}/v1 (coordinator pid {child.pid}, log {log_path})")
+            print(f"stop it with: cluster down {args.inventory}")
+            return 0
+        if child.poll() is not None:
+            raise BringUpError(f"the cluster did not come up; its log ({log_path}):\n{log_tail(log_path, 25)}")
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGTERM)
+    raise BringUpError(f"the cluster was not serving after {DETACH_TIMEOUT_S:.0f} s; see {log_path}")
+
+
+async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
+    run_dir = run_dir_for(inventory)
+    state = ClusterState(os.getpid(), inventory.url, "", "starting")
+    state.save(run_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    cluster: RunningCluster | None = None
+    runner: web.AppRunner | None = None
+    try:
+        bring = asyncio.create_task(bring_up(inventory, show_progress=show_progress, log_dir=run_dir / "logs"))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({bring, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not bring.done():
+            bring.cancel()
+            await asyncio.gather(bring, return_exceptions=True)
+            return 130
+        stopper.cancel()
+        cluster = bring.result()
+        api = OpenAIServer(cluster.engine, cluster.model_name, cluster.model.max_position_embeddings)
+        runner = web.AppRunner(api.app(), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, inventory.serve_host, inventory.serve_port).start()
+        except OSError as exc:
+            raise BringUpError(f"cannot serve on {inventory.serve_host}:{inventory.serve_port}: {exc.strerror}") from None
+        state.model = cluster.model_name
+        state.status = "ready"
+        state.workers = [WorkerRecord(w.name, w.pid, w.port) for w in cluster.local_workers]
+        state.save(run_dir)
+        layers = ", ".join(f"{p.node} [{p.layer_start},{p.layer_end})" for p in cluster.plan)
+        print(f"boltpipe: {cluster.model_name} over {len(cluster.plan)} stages: {layers}", flush=True)
+        print(f"boltpipe: serving at {inventory.url}/v1 (OpenAI API); Ctrl-C stops", flush=True)
+        await stop.wait()
+        print("boltpipe: stopping", flush=True)
+        return 0
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if cluster is not None:
+            await cluster.close()
+        clear_state(run_dir)
+
+
+def is_serving(inventory: Inventory) -> ClusterState | None:
+    state = live_state(run_dir_for(inventory))
+    return state if state is not None and state.status == "ready" and pid_alive(state.coordinator_pid) else None

@@ -1,0 +1,23 @@
+"""Errors that are the user's to fix: printed as one clear message, no traceback."""
+
+from cluster.bringup import BringUpError
+from cluster.demo_model import DemoModelMissing
+from cluster.inventory import InventoryError
+from cluster.pipeline_client import PipelineError
+from cluster.planner import PlanError
+from cluster.state import StateError
+from deploy.local import WorkerStartError
+from node.gguf import GGUFImportError
+from node.model_config import ModelDirError
+
+USER_ERRORS = (
+    BringUpError,
+    DemoModelMissing,
+    GGUFImportError,
+    InventoryError,
+    ModelDirError,
+    PipelineError,
+    PlanError,
+    StateError,
+    WorkerStartError,
+)
