@@ -6,6 +6,7 @@ the offending field, so a person fixes the file in one go.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def _parse_node(raw: Any, i: int, problems: list[str]) -> NodeSpec | None:
     elif backend not in BACKENDS:
         problems.append(f"{where}.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     weight = raw.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight > 0):
         problems.append(f"{where}.weight: expected a positive number, got {weight!r}")
         weight = 1.0
     return NodeSpec(name=name, host=host, port=port, backend=str(backend), weight=float(weight))

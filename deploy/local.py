@@ -82,8 +82,10 @@ def start_local_workers(
             if parent_pid:
                 cmd += ["--parent-pid", str(parent_pid)]
             with open(log_path, "wb") as log:
+                # cwd: the log directory, so no `node/` folder of the caller's shadows the worker package.
                 process = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    start_new_session=True, cwd=log_dir,
                 )
             workers.append(LocalWorker(spec.name, spec.host, spec.port, process.pid, log_path, process))
         _wait_ready(workers, timeout_s)

@@ -15,18 +15,30 @@ def total_memory_bytes() -> int:
         return 0
 
 
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
+    """Peak resident memory of this program. On Linux VmHWM, because ru_maxrss
+    survives exec and so reports the peak of whatever process forked us."""
+    hwm = _proc_status_kb("VmHWM")
+    if hwm is not None:
+        return hwm * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports kilobytes, macOS bytes.
-    return peak if sys.platform == "darwin" else peak * 1024
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux kilobytes
 
 
 def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
+    rss = _proc_status_kb("VmRSS")
+    return rss * 1024 if rss is not None else 0
 
 
 def platform_name() -> str:

