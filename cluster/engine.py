@@ -141,8 +141,9 @@ class Engine:
         """Waits for `step_id`'s result; earlier prefill acknowledgements are passed over."""
         while True:
             try:
-                result = await asyncio.wait_for(results.get(), self.step_timeout_s)
-            except asyncio.TimeoutError as exc:
+                async with asyncio.timeout(self.step_timeout_s):
+                    result = await results.get()
+            except TimeoutError as exc:
                 raise PipelineError(f"no result from the pipeline within {self.step_timeout_s:.0f} s") from exc
             if result.error:
                 stage = f"stage {result.failed_stage}" if result.failed_stage >= 0 else "the pipeline"

@@ -193,6 +193,13 @@ class WorkerService(pb_grpc.WorkerServicer):
     def _report_lost(self, step: pb.Step, error: str) -> None:
         self._report(step, error)
 
+    @staticmethod
+    def _timed_run(runner: StageRunner, step: pb.Step):
+        # Timestamps taken on the compute thread: thread hand-offs count as overhead, not compute.
+        start = time.time_ns()
+        out = runner.run(step)
+        return out, start, time.time_ns()
+
     async def _compute_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -201,9 +208,11 @@ class WorkerService(pb_grpc.WorkerServicer):
             if current is None:
                 self._report(step, "worker has no slice loaded")
                 continue
-            timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns, compute_start_ns=time.time_ns())
+            timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns)
             try:
-                out = await loop.run_in_executor(self.compute, current.runner.run, step)
+                out, timing.compute_start_ns, timing.compute_end_ns = await loop.run_in_executor(
+                    self.compute, self._timed_run, current.runner, step
+                )
             except StepError as exc:
                 await loop.run_in_executor(self.compute, current.runner.sessions.end, [step.session_id])
                 self._report(step, str(exc))
@@ -213,7 +222,6 @@ class WorkerService(pb_grpc.WorkerServicer):
                 await loop.run_in_executor(self.compute, current.runner.sessions.end, [step.session_id])
                 self._report(step, f"internal error: {exc}")
                 continue
-            timing.compute_end_ns = time.time_ns()
             timings = list(step.timings) + [timing]
             if current.link is None:
                 timing.send_ns = time.time_ns()
