@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_SESSIONS = 64
 MAX_STEP_TOKENS = 8192
 IDLE_SWEEP_S = 30.0
+INLINE_STEP_TOKENS = 8
 
 
 class LoadedSlice:
@@ -42,7 +43,9 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.node_id = node_id
         self.idle_timeout_s = idle_timeout_s
         self.started = time.monotonic()
-        # Every MLX call runs on this one thread, in arrival order.
+        # Large steps (prefill chunks) and loading run on this one thread, so the loop stays
+        # responsive; small steps run on the loop itself. The compute loop awaits each
+        # job, so two steps never run at once.
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self.hub = ResultsHub()
         self.slice: LoadedSlice | None = None
@@ -96,10 +99,8 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def EndSession(self, request, context):
         if self.slice is None:
             return pb.EndSessionReply(ended=0)
-        ended = await asyncio.get_running_loop().run_in_executor(
-            self.compute, self.slice.runner.sessions.end, list(request.session_ids)
-        )
-        return pb.EndSessionReply(ended=ended)
+        # Dropping cache references is cheap: done on the loop, like small steps.
+        return pb.EndSessionReply(ended=self.slice.runner.sessions.end(list(request.session_ids)))
 
     async def LoadSlice(self, spec: pb.SliceSpec, context):
         if self.loading:
@@ -194,6 +195,11 @@ class WorkerService(pb_grpc.WorkerServicer):
         self._report(step, error)
 
     @staticmethod
+    def _is_small(step: pb.Step) -> bool:
+        tokens = len(step.token_ids) or (step.hidden.shape[1] if len(step.hidden.shape) == 3 else 0)
+        return 0 < tokens <= INLINE_STEP_TOKENS
+
+    @staticmethod
     def _timed_run(runner: StageRunner, step: pb.Step):
         # Timestamps taken on the compute thread: thread hand-offs count as overhead, not compute.
         start = time.time_ns()
@@ -210,16 +216,21 @@ class WorkerService(pb_grpc.WorkerServicer):
                 continue
             timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns)
             try:
-                out, timing.compute_start_ns, timing.compute_end_ns = await loop.run_in_executor(
-                    self.compute, self._timed_run, current.runner, step
-                )
+                if self._is_small(step):
+                    # A decode-sized step runs right here: two thread hand-offs would cost
+                    # more than the loop being busy for one short step.
+                    out, timing.compute_start_ns, timing.compute_end_ns = self._timed_run(current.runner, step)
+                else:
+                    out, timing.compute_start_ns, timing.compute_end_ns = await loop.run_in_executor(
+                        self.compute, self._timed_run, current.runner, step
+                    )
             except StepError as exc:
-                await loop.run_in_executor(self.compute, current.runner.sessions.end, [step.session_id])
+                current.runner.sessions.end([step.session_id])
                 self._report(step, str(exc))
                 continue
             except Exception as exc:  # never let one bad step stop the worker
                 log.exception("step failed")
-                await loop.run_in_executor(self.compute, current.runner.sessions.end, [step.session_id])
+                current.runner.sessions.end([step.session_id])
                 self._report(step, f"internal error: {exc}")
                 continue
             timings = list(step.timings) + [timing]
@@ -247,10 +258,9 @@ class WorkerService(pb_grpc.WorkerServicer):
                 )
 
     async def _sweep_idle(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(IDLE_SWEEP_S)
             if self.slice is not None:
-                ended = await loop.run_in_executor(self.compute, self.slice.runner.sessions.end_idle)
+                ended = self.slice.runner.sessions.end_idle()
                 if ended:
                     log.info("ended %d idle sessions", len(ended))
