@@ -12,7 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The project's shared reference data sits beside the repository; a clone made elsewhere
+# uses the copy kept in tests/data (test_tokenizer_import checks the two agree when both exist).
+_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TESTS_DATA = REPO_ROOT / "tests" / "data"
+SHARED_DATA = _SHARED_DATA if (_SHARED_DATA / "smollm2-token-ids.json").is_file() else TESTS_DATA
 
 
 @pytest.fixture(scope="session")
