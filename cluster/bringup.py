@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import node
 from cluster import paths
+from cluster.admission import Admission, session_limit
 from cluster.engine import Engine
 from cluster.inventory import Inventory, NodeSpec
 from cluster.model_source import resolve_model, served_model_name
@@ -45,6 +46,8 @@ class RunningCluster:
     local_workers: list[LocalWorker]
     client: PipelineClient
     engine: Engine
+    admission: Admission
+    context_length: int
     infos: list[pb.NodeInfo] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -73,8 +76,32 @@ async def _check_reachable(nodes: list[NodeSpec], timeout_s: float) -> list[pb.N
     return list(await asyncio.gather(*(one(n) for n in nodes)))
 
 
+DEFAULT_CONTEXT = 4096  # when the model's config does not say
+
+
+def context_length(inventory: Inventory, model: ModelInfo) -> int:
+    own = model.max_position_embeddings or DEFAULT_CONTEXT
+    return min(inventory.context_length, own) if inventory.context_length else own
+
+
+def admission_for(inventory: Inventory, model: ModelInfo, plan: list[StagePlan]) -> Admission:
+    """Concurrency limits from the workers' KV budget at the served context length."""
+    context = context_length(inventory, model)
+    dtype_bytes = 2 if model.config.get("torch_dtype") in ("float16", "bfloat16") else 4
+    limit = session_limit([p.layer_end - p.layer_start for p in plan], model.config, context_length=context,
+                          kv_budget_bytes=inventory.kv_budget_mb << 20, dtype_bytes=dtype_bytes,
+                          configured_max=inventory.max_concurrent)
+    if limit < 1:
+        raise BringUpError(
+            f"pipeline.kv_budget_mb ({inventory.kv_budget_mb} MB per worker) cannot hold one session of "
+            f"{context} tokens; raise pipeline.kv_budget_mb, lower serve.context_length, or add nodes"
+        )
+    return Admission(limit, inventory.max_queue, inventory.queue_timeout_s)
+
+
 async def _load_slices(
-    inventory: Inventory, model: ModelInfo, model_name: str, plan: list[StagePlan], show_progress: bool
+    inventory: Inventory, model: ModelInfo, model_name: str, plan: list[StagePlan], show_progress: bool,
+    max_sessions: int,
 ) -> list[pb.NodeInfo]:
     nodes = inventory.nodes
     bars = [
@@ -94,6 +121,9 @@ async def _load_slices(
             next_address=nodes[i + 1].address if i + 1 < len(nodes) else "",
             backend="mlx",
             model_id=model_name,
+            # Room beyond the coordinator's own limit for sessions still being ended.
+            max_sessions=2 * max_sessions,
+            kv_budget_bytes=inventory.kv_budget_mb << 20,
         )
         async with grpc.aio.insecure_channel(nodes[i].address, options=grpc_options()) as channel:
             try:
@@ -126,6 +156,7 @@ async def bring_up(
     model = await asyncio.to_thread(resolve_model, inventory.model, progress=show_progress)
     model_name = served_model_name(inventory.model, model)
     plan = split_layers(model.num_layers, [n.name for n in inventory.nodes], [n.weight for n in inventory.nodes])
+    admission = admission_for(inventory, model, plan)
     log_dir = log_dir or paths.run_dir(inventory.source, inventory.name) / "logs"
     local = [LocalWorkerSpec(n.name, n.host, n.port) for n in inventory.nodes if n.is_local]
     workers = await asyncio.to_thread(
@@ -134,12 +165,13 @@ async def bring_up(
     client = None
     try:
         await _check_reachable(inventory.nodes, connect_timeout_s)
-        infos = await _load_slices(inventory, model, model_name, plan, show_progress)
+        infos = await _load_slices(inventory, model, model_name, plan, show_progress, admission.max_running)
         client = PipelineClient(_stage_endpoints(inventory.nodes))
         await client.start()
         tokenizer = await asyncio.to_thread(PromptTokenizer, model.path)
-        engine = Engine(client, tokenizer, prefill_chunk=inventory.prefill_chunk)
-        return RunningCluster(inventory, model, model_name, plan, workers, client, engine, infos)
+        engine = Engine(client, tokenizer, prefill_chunk=inventory.prefill_chunk, vocab_size=model.vocab_size)
+        return RunningCluster(inventory, model, model_name, plan, workers, client, engine, admission,
+                              context_length(inventory, model), infos)
     except BaseException:
         if client is not None:
             await client.close()

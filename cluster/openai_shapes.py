@@ -34,7 +34,22 @@ class ParsedRequest:
     model: str
     messages: list[dict] | None = None
     prompt: str | None = None
+    prompt_ids: list[int] | None = None   # completions may send token ids instead of text
     want_logprobs: bool = False
+
+
+# Parameters with behaviour this server does not have: refused unless they ask for the default.
+UNSUPPORTED_UNLESS_DEFAULT = {
+    "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "echo": False, "suffix": None,
+    "best_of": 1, "tools": None, "functions": None, "response_format": None,
+}
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for key, default in UNSUPPORTED_UNLESS_DEFAULT.items():
+        value = body.get(key, default)
+        if value not in (default, None, {}, []) and not (key == "response_format" and value == {"type": "text"}):
+            raise RequestError(f"'{key}' is not supported by this server (got {value!r})", key)
 
 
 def _number(body: dict, key: str, default, *, low=None, high=None, integer=False):
@@ -65,6 +80,7 @@ def parse_request(body: Any, *, chat: bool, default_max_tokens: int) -> ParsedRe
         raise RequestError("the request body must be a JSON object")
     if _number(body, "n", 1, integer=True) != 1:
         raise RequestError("only n=1 is supported", "n")
+    _refuse_unsupported(body)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
         max_tokens = default_max_tokens
@@ -76,6 +92,10 @@ def parse_request(body: Any, *, chat: bool, default_max_tokens: int) -> ParsedRe
     top_logprobs = _number(body, "top_logprobs", 0, low=0, high=20, integer=True)
     logprobs = body.get("logprobs")
     if chat:
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise RequestError("'logprobs' must be a boolean", "logprobs")
+        if top_logprobs and not logprobs:
+            raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
         want_logprobs = bool(logprobs)
     else:
         # The legacy completions API's logprobs is the number of alternatives.
@@ -106,11 +126,16 @@ def parse_request(body: Any, *, chat: bool, default_max_tokens: int) -> ParsedRe
         parsed.messages = _messages(body.get("messages"))
     else:
         prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise RequestError("'prompt' must be a non-empty string", "prompt")
-        parsed.prompt = prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt):
+            parsed.prompt_ids = list(prompt)
+        elif isinstance(prompt, list) and len(prompt) > 1:
+            raise RequestError("only one prompt per request is supported", "prompt")
+        elif not isinstance(prompt, str) or not prompt:
+            raise RequestError("'prompt' must be a non-empty string (or a list of token ids)", "prompt")
+        else:
+            parsed.prompt = prompt
     return parsed
 
 

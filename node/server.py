@@ -19,6 +19,7 @@ from node.results_hub import ResultsHub
 from node.sessions import SessionStore
 from node.stage_model import LayerRange, load_stage
 from node.stage_runner import StageRunner, StepError
+from node.step_queue import StepQueue
 from proto import PROTOCOL_VERSION
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
@@ -50,7 +51,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.hub = ResultsHub()
         self.slice: LoadedSlice | None = None
         self.loading = False
-        self._inbox: asyncio.Queue[tuple[pb.Step, int]] = asyncio.Queue()
+        self._inbox: StepQueue[tuple[pb.Step, int]] = StepQueue()
         self._tasks: list[asyncio.Task] = []
 
     def start_background(self) -> None:
@@ -99,7 +100,10 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def EndSession(self, request, context):
         if self.slice is None:
             return pb.EndSessionReply(ended=0)
-        # Dropping cache references is cheap: done on the loop, like small steps.
+        # Dropping cache references is cheap: done on the loop, like small steps. Steps still
+        # waiting for the session are dropped too, so a cancelled request costs no more compute.
+        for session_id in request.session_ids:
+            self._inbox.drop(session_id)
         return pb.EndSessionReply(ended=self.slice.runner.sessions.end(list(request.session_ids)))
 
     async def LoadSlice(self, spec: pb.SliceSpec, context):
@@ -168,7 +172,7 @@ class WorkerService(pb_grpc.WorkerServicer):
                 yield pb.StepAck(error="no slice loaded")
                 self._report(step, "worker has no slice loaded")
                 continue
-            self._inbox.put_nowait((step, time.time_ns()))
+            self._inbox.put(step.session_id, (step, time.time_ns()), small=self._is_small(step))
 
     async def Results(self, request: pb.ResultsRequest, context):
         queue = self.hub.subscribe(request.reply_to)
@@ -206,6 +210,13 @@ class WorkerService(pb_grpc.WorkerServicer):
         out = runner.run(step)
         return out, start, time.time_ns()
 
+    def _fail_session(self, current: LoadedSlice, step: pb.Step, error: str) -> None:
+        # The session's cache no longer matches what the coordinator believes: end it here,
+        # with the steps queued behind the failed one, and say so once.
+        current.runner.sessions.end([step.session_id])
+        self._inbox.drop(step.session_id)
+        self._report(step, error)
+
     async def _compute_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -225,13 +236,11 @@ class WorkerService(pb_grpc.WorkerServicer):
                         self.compute, self._timed_run, current.runner, step
                     )
             except StepError as exc:
-                current.runner.sessions.end([step.session_id])
-                self._report(step, str(exc))
+                self._fail_session(current, step, str(exc))
                 continue
             except Exception as exc:  # never let one bad step stop the worker
                 log.exception("step failed")
-                current.runner.sessions.end([step.session_id])
-                self._report(step, f"internal error: {exc}")
+                self._fail_session(current, step, f"internal error: {exc}")
                 continue
             timings = list(step.timings) + [timing]
             if current.link is None:

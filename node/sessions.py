@@ -4,10 +4,14 @@ EndSession or after sitting idle, bounded in count and bytes."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
 import mlx.core as mx
+
+
+ENDED_MEMORY = 4096  # ended session ids remembered
 
 
 class SessionError(Exception):
@@ -41,6 +45,9 @@ class SessionStore:
         self.kv_budget_bytes = kv_budget_bytes
         self.idle_timeout_s = idle_timeout_s
         self._sessions: dict[str, Session] = {}
+        # Sessions ended here recently: a step still travelling the ring for one of them must not
+        # open it again (it would hold a cache nobody will ever end).
+        self._ended: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -49,6 +56,8 @@ class SessionStore:
         """The session a step at `position` belongs to, created when position is 0."""
         session = self._sessions.get(session_id)
         if session is None:
+            if session_id in self._ended:
+                raise SessionError(f"session {session_id!r} has ended")
             if position != 0:
                 raise SessionError(f"unknown session {session_id!r} (a new session starts at position 0, got {position})")
             if len(self._sessions) >= self.max_sessions:
@@ -65,6 +74,11 @@ class SessionStore:
         return session
 
     def end(self, session_ids: list[str]) -> int:
+        for sid in session_ids:
+            self._ended[sid] = None
+            self._ended.move_to_end(sid)
+        while len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
         return sum(self._sessions.pop(sid, None) is not None for sid in session_ids)
 
     def end_idle(self, now: float | None = None) -> list[str]:

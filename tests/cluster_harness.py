@@ -37,12 +37,14 @@ def write_inventory(
     gguf: str | None = None,
     prefill_chunk: int | None = None,
     name: str = "test",
+    serve: dict | None = None,
+    model_name: str | None = None,
 ) -> Path:
     ports = free_ports(nodes + 1)
     data: dict = {
         "cluster": name,
-        "model": {"path": str(model_path)} if model_path else {"gguf": gguf},
-        "serve": {"host": "127.0.0.1", "port": ports[-1]},
+        "model": ({"path": str(model_path)} if model_path else {"gguf": gguf}) | ({"name": model_name} if model_name else {}),
+        "serve": {"host": "127.0.0.1", "port": ports[-1], **(serve or {})},
         "nodes": [{"name": f"w{i + 1}", "host": "127.0.0.1", "port": ports[i]} for i in range(nodes)],
     }
     if prefill_chunk:

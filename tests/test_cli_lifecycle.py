@@ -9,28 +9,18 @@ import sys
 import time
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
-from mlx_lm.generate import generate_step
-from mlx_lm.utils import load_model
 
 from cluster.tokenizer import PromptTokenizer
 from tests.cli_runner import cli_env, kill_all, leftovers, run_cli
 from tests.cluster_harness import write_inventory
+from tests.reference import reference_text
 
 QUESTION = "What is the capital of France?"
 
 
 def _reference_text(model_dir: Path, prompt_ids: list[int], max_tokens: int) -> str:
-    """mlx-lm greedy in one process, cut at eos, detokenized."""
-    tokenizer = PromptTokenizer(model_dir)
-    model, _ = load_model(model_dir)
-    out = []
-    for token, _ in generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens):
-        if token in tokenizer.eos_token_ids:
-            break
-        out.append(token)
-    return tokenizer.decode(out)
+    return reference_text(model_dir, prompt_ids, max_tokens)
 
 
 @pytest.fixture

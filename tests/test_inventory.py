@@ -257,12 +257,43 @@ def test_unknown_node_key(tmp_path: Path) -> None:
 
 def test_unknown_serve_key(tmp_path: Path) -> None:
     problem = the_problem(valid(serve={"port": 8000, "tls": True}), tmp_path)
-    assert problem == "serve.tls: unknown field (allowed: host, port)"
+    assert problem == (
+        "serve.tls: unknown field (allowed: host, port, max_concurrent, max_queue, queue_timeout_s, "
+        "request_timeout_s, context_length)"
+    )
 
 
 def test_unknown_pipeline_key(tmp_path: Path) -> None:
     problem = the_problem(valid(pipeline={"prefill_chunk": 64, "batch": 4}), tmp_path)
-    assert problem == "pipeline.batch: unknown field (allowed: prefill_chunk)"
+    assert problem == "pipeline.batch: unknown field (allowed: prefill_chunk, kv_budget_mb)"
+
+
+def test_admission_limits_and_their_defaults(tmp_path: Path) -> None:
+    inv = parse_inventory(valid(), source=tmp_path / "inv.yaml")
+    assert (inv.max_concurrent, inv.max_queue, inv.queue_timeout_s, inv.request_timeout_s) == (8, 32, 30.0, 600.0)
+    assert inv.context_length is None and inv.kv_budget_mb == 1024
+    inv = parse_inventory(
+        valid(serve={"max_concurrent": 2, "max_queue": 0, "queue_timeout_s": 1.5, "request_timeout_s": 20,
+                     "context_length": 4096},
+              pipeline={"kv_budget_mb": 64}),
+        source=tmp_path / "inv.yaml",
+    )
+    assert (inv.max_concurrent, inv.max_queue, inv.queue_timeout_s, inv.request_timeout_s) == (2, 0, 1.5, 20.0)
+    assert (inv.context_length, inv.kv_budget_mb) == (4096, 64)
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("serve", "max_concurrent", 0, "serve.max_concurrent: expected an integer 1-4096, got 0"),
+        ("serve", "max_queue", -1, "serve.max_queue: expected an integer 0-100000, got -1"),
+        ("serve", "queue_timeout_s", "soon", "serve.queue_timeout_s: expected a number 0-86400, got 'soon'"),
+        ("serve", "context_length", 1.5, "serve.context_length: expected an integer 2-16777216, got 1.5"),
+        ("pipeline", "kv_budget_mb", True, "pipeline.kv_budget_mb: expected an integer 1-16777216, got True"),
+    ],
+)
+def test_bad_admission_limits(tmp_path: Path, section: str, key: str, value, message: str) -> None:
+    assert the_problem(valid(**{section: {key: value}}), tmp_path) == message
 
 
 # --- nodes ------------------------------------------------------------------------------------------

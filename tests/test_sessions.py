@@ -100,10 +100,23 @@ def test_end_counts_only_sessions_that_existed() -> None:
     assert len(s) == 1
     assert s.end(["a"]) == 0
     assert s.end([]) == 0
-    # An ended session is unknown again: it can only restart at position 0.
-    with pytest.raises(SessionError, match="unknown session 'a'"):
+    # An ended session stays ended: a step still on its way through the ring must not open it
+    # again, at position 0 or later.
+    with pytest.raises(SessionError, match="session 'a' has ended"):
         s.for_step("a", 3)
-    assert s.for_step("a", 0).position == 0
+    with pytest.raises(SessionError, match="session 'a' has ended"):
+        s.for_step("a", 0)
+    assert len(s) == 1
+
+
+def test_ended_ids_are_remembered_up_to_a_bound() -> None:
+    from node.sessions import ENDED_MEMORY
+
+    s = store()
+    s.end([f"old{i}" for i in range(ENDED_MEMORY + 10)])
+    assert s.for_step("old0", 0).position == 0, "the oldest ended ids are forgotten"
+    with pytest.raises(SessionError, match="has ended"):
+        s.for_step(f"old{ENDED_MEMORY + 9}", 0)
 
 
 def test_end_idle_with_an_explicit_now() -> None:

@@ -13,7 +13,7 @@ import time
 from aiohttp import web
 
 from cluster.bringup import BringUpError, RunningCluster, bring_up
-from cluster.http_api import OpenAIServer
+from cluster.http_api import OpenAIServer, ServeLimits
 from cluster.inventory import Inventory, load_inventory
 from cluster.state import ClusterState, StateError, WorkerRecord, clear_state, live_state, read_state, run_dir_for
 from deploy.local import log_tail, pid_alive, port_in_use
@@ -92,8 +92,9 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
             return 130
         stopper.cancel()
         cluster = bring.result()
-        api = OpenAIServer(cluster.engine, cluster.model_name, cluster.model.max_position_embeddings)
-        runner = web.AppRunner(api.app(), access_log=None)
+        api = OpenAIServer(cluster.engine, cluster.model_name, cluster.admission,
+                           ServeLimits(cluster.context_length, inventory.request_timeout_s))
+        runner = api.runner(api.app())
         await runner.setup()
         try:
             await web.TCPSite(runner, inventory.serve_host, inventory.serve_port).start()
@@ -105,7 +106,8 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
         state.save(run_dir)
         layers = ", ".join(f"{p.node} [{p.layer_start},{p.layer_end})" for p in cluster.plan)
         print(f"boltpipe: {cluster.model_name} over {len(cluster.plan)} stages: {layers}", flush=True)
-        print(f"boltpipe: serving at {inventory.url}/v1 (OpenAI API); Ctrl-C stops", flush=True)
+        print(f"boltpipe: serving at {inventory.url}/v1 (OpenAI API; context {cluster.context_length} tokens, "
+              f"{cluster.admission.max_running} requests at once); Ctrl-C stops", flush=True)
         await stop.wait()
         print("boltpipe: stopping", flush=True)
         return 0

@@ -1,0 +1,71 @@
+"""The order in which a worker computes the steps waiting for it.
+
+Steps of one session run in arrival order (positions must follow each other). Across
+sessions, decode-sized steps go before prompt chunks, so one long prompt does not
+freeze every other stream; a waiting prompt chunk still runs after at most
+`decode_burst` decode steps, so prompts are never starved either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+
+
+@dataclass
+class _Pending(Generic[Item]):
+    item: Item
+    small: bool
+    arrival: int
+
+
+@dataclass
+class StepQueue(Generic[Item]):
+    decode_burst: int = 4
+    _by_session: "OrderedDict[str, deque[_Pending[Item]]]" = field(default_factory=OrderedDict)
+    _arrivals: int = 0
+    _decodes_since_chunk: int = 0
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._by_session.values())
+
+    def put(self, session_id: str, item: Item, *, small: bool) -> None:
+        self._arrivals += 1
+        self._by_session.setdefault(session_id, deque()).append(_Pending(item, small, self._arrivals))
+        self._ready.set()
+
+    def drop(self, session_id: str) -> list[Item]:
+        """Removes a session's waiting steps (it ended or failed); returns them."""
+        pending = self._by_session.pop(session_id, None)
+        return [p.item for p in pending] if pending else []
+
+    def pop_nowait(self) -> Item | None:
+        heads = [(sid, q[0]) for sid, q in self._by_session.items()]
+        if not heads:
+            return None
+        decodes = [h for h in heads if h[1].small]
+        chunks = [h for h in heads if not h[1].small]
+        if decodes and (not chunks or self._decodes_since_chunk < self.decode_burst):
+            session_id, _ = min(decodes, key=lambda h: h[1].arrival)
+            self._decodes_since_chunk = self._decodes_since_chunk + 1 if chunks else 0
+        else:
+            session_id, _ = min(chunks, key=lambda h: h[1].arrival)
+            self._decodes_since_chunk = 0
+        queue = self._by_session[session_id]
+        pending = queue.popleft()
+        if not queue:
+            del self._by_session[session_id]
+        return pending.item
+
+    async def get(self) -> Item:
+        while True:
+            item = self.pop_nowait()
+            if item is not None:
+                return item
+            self._ready.clear()
+            await self._ready.wait()
