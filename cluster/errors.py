@@ -9,6 +9,7 @@ from cluster.state import StateError
 from deploy.local import WorkerStartError
 from node.gguf import GGUFImportError
 from node.model_config import ModelDirError
+from node.model_sizes import ModelSizeError
 
 USER_ERRORS = (
     BringUpError,
@@ -16,6 +17,7 @@ USER_ERRORS = (
     GGUFImportError,
     InventoryError,
     ModelDirError,
+    ModelSizeError,
     PipelineError,
     PlanError,
     StateError,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -47,6 +47,7 @@ async def openai_errors(request: web.Request, handler):
 class ServeLimits:
     context_length: int
     request_timeout_s: float = 600.0
+    vanished_nodes: set[str] = field(default_factory=set)  # serving nodes no longer advertised by Bonjour
 
 
 class OpenAIServer:
@@ -73,8 +74,12 @@ class OpenAIServer:
 
     async def health(self, request: web.Request) -> web.Response:
         stats = self.admission.stats()
-        return web.json_response({"status": "ok", "model": self.model_name, "running": stats.running,
-                                  "waiting": stats.waiting, "max_running": stats.max_running})
+        vanished = sorted(self.limits.vanished_nodes)
+        body = {"status": "degraded" if vanished else "ok", "model": self.model_name, "running": stats.running,
+                "waiting": stats.waiting, "max_running": stats.max_running}
+        if vanished:
+            body["nodes_vanished"] = vanished
+        return web.json_response(body, status=503 if vanished else 200)
 
     def _model_card(self) -> dict:
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "boltpipe",

@@ -7,6 +7,7 @@ the offending field, so a person fixes the file in one go.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,18 +31,49 @@ class InventoryError(ValueError):
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    host: str
-    port: int
+    host: str | None           # None: found by Bonjour under its name
+    port: int | None
     backend: str = "auto"
     weight: float = 1.0
+    memory_limit: int | None = None   # bytes this node may give the model, at most
+    interface: str | None = None      # pin the data plane to this interface of the node
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        if self.host is None or self.port is None:
+            raise ValueError(f"node {self.name} has no static address (it is found by Bonjour)")
+        return format_address(self.host, self.port)
 
     @property
     def is_local(self) -> bool:
         return self.host in LOCAL_HOSTS
+
+    @property
+    def discovered(self) -> bool:
+        return self.host is None
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+               "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from 1500000000, "1.5GB", "1.5 GiB", "800MB"; None when it is not a size."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        return None
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    return size if size > 0 else None
 
 
 @dataclass(frozen=True)
@@ -60,7 +92,10 @@ class Inventory:
     serve_host: str = "127.0.0.1"
     serve_port: int = DEFAULT_SERVE_PORT
     prefill_chunk: int = 512
-    kv_budget_mb: int = 1024          # per worker: KV caches of all its sessions
+    kv_budget_mb: int | None = None   # per worker: KV caches of all its sessions (default: what
+                                      # max_concurrent sessions need at the full context)
+    runtime_overhead_mb: int = 400    # a worker's memory beyond weights, KV and activations
+    discovery_timeout_s: float = 30.0 # how long `cluster up` waits for nodes named without address
     max_concurrent: int = 8           # requests generating at once (also capped by the KV budget)
     max_queue: int = 32               # requests waiting for a slot; beyond that: 429
     queue_timeout_s: float = 30.0     # a waiting request gets a 503 after this
@@ -137,21 +172,25 @@ def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
 def _parse_node(raw: Any, i: int, problems: list[str]) -> NodeSpec | None:
     where = f"nodes[{i}]"
     if not isinstance(raw, dict):
-        problems.append(f"{where}: expected a mapping with name, host, port, got {raw!r}")
+        problems.append(f"{where}: expected a mapping with a name (and host and port, unless found by Bonjour), got {raw!r}")
         return None
-    _known_keys(raw, ("name", "host", "port", "backend", "weight"), where, problems)
-    name, host = raw.get("name"), raw.get("host", "127.0.0.1")
+    _known_keys(raw, ("name", "host", "port", "backend", "weight", "memory_limit", "interface"), where, problems)
+    name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         problems.append(f"{where}.name: required, a non-empty string")
         name = f"node{i}"
-    if not isinstance(host, str) or not host.strip():
+    host, port = raw.get("host"), raw.get("port")
+    if host is not None and (not isinstance(host, str) or not host.strip()):
         problems.append(f"{where}.host: expected a host name or address, got {host!r}")
-        host = ""
-    if "port" not in raw:
-        problems.append(f"{where}.port: required")
-        port = 0
-    else:
-        port = _port(raw["port"], f"{where}.port", problems)
+        host = None
+    if host is None and port is not None:
+        host = "127.0.0.1"  # a port alone: a worker on this machine
+    if host is not None:
+        if "port" not in raw:
+            problems.append(f"{where}.port: required with host")
+            port = 0
+        else:
+            port = _port(port, f"{where}.port", problems)
     backend = raw.get("backend", "auto")
     if backend == "ane":
         problems.append(f"{where}.backend: 'ane' (Core ML / Neural Engine) is not available in this version; use one of {', '.join(BACKENDS)}")
@@ -161,14 +200,24 @@ def _parse_node(raw: Any, i: int, problems: list[str]) -> NodeSpec | None:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight > 0):
         problems.append(f"{where}.weight: expected a positive number, got {weight!r}")
         weight = 1.0
-    return NodeSpec(name=name, host=host, port=port, backend=str(backend), weight=float(weight))
+    memory_limit = None
+    if raw.get("memory_limit") is not None:
+        memory_limit = parse_size(raw["memory_limit"])
+        if memory_limit is None:
+            problems.append(f"{where}.memory_limit: expected a size such as 12GB, 1.5GiB or 800MB, got {raw['memory_limit']!r}")
+    interface = raw.get("interface")
+    if interface is not None and (not isinstance(interface, str) or not interface.strip()):
+        problems.append(f"{where}.interface: expected an interface name such as bridge0 or en0, got {interface!r}")
+        interface = None
+    return NodeSpec(name=name, host=host, port=port, backend=str(backend), weight=float(weight),
+                    memory_limit=memory_limit, interface=interface)
 
 
 def parse_inventory(data: Any, *, source: Path) -> Inventory:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise InventoryError(str(source), [f"expected a mapping at the top level, got {type(data).__name__}"])
-    _known_keys(data, ("cluster", "model", "nodes", "serve", "pipeline"), "inventory", problems)
+    _known_keys(data, ("cluster", "model", "nodes", "serve", "pipeline", "discovery"), "inventory", problems)
     base = source.resolve().parent
     name = data.get("cluster", source.stem)
     if not isinstance(name, str) or not name.strip():
@@ -193,7 +242,7 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
             problems.append(f"nodes: the name {node.name!r} is used twice")
         seen_names.add(node.name)
         key = ("local" if node.is_local else node.host, node.port)
-        if node.port and key in seen_addresses:
+        if node.port and not node.discovered and key in seen_addresses:
             problems.append(f"nodes: {node.host}:{node.port} is used by two nodes")
         seen_addresses.add(key)
 
@@ -222,12 +271,20 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
     if not isinstance(pipeline, dict):
         problems.append(f"pipeline: expected a mapping, got {pipeline!r}")
     else:
-        _known_keys(pipeline, ("prefill_chunk", "kv_budget_mb"), "pipeline", problems)
-        limits["kv_budget_mb"] = _bounded(pipeline, "kv_budget_mb", 1024, 1, 1 << 24, "pipeline", problems)
+        _known_keys(pipeline, ("prefill_chunk", "kv_budget_mb", "runtime_overhead_mb"), "pipeline", problems)
+        limits["kv_budget_mb"] = _bounded(pipeline, "kv_budget_mb", None, 1, 1 << 24, "pipeline", problems)
+        limits["runtime_overhead_mb"] = _bounded(pipeline, "runtime_overhead_mb", 400, 0, 1 << 20, "pipeline", problems)
         prefill_chunk = pipeline.get("prefill_chunk", prefill_chunk)
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or not 1 <= prefill_chunk <= 8192:
             problems.append(f"pipeline.prefill_chunk: expected an integer 1-8192, got {prefill_chunk!r}")
             prefill_chunk = 512
+
+    discovery = data.get("discovery", {}) or {}
+    if not isinstance(discovery, dict):
+        problems.append(f"discovery: expected a mapping such as {{timeout_s: 30}}, got {discovery!r}")
+    else:
+        _known_keys(discovery, ("timeout_s",), "discovery", problems)
+        limits["discovery_timeout_s"] = float(_bounded(discovery, "timeout_s", 30.0, 0.1, 3600, "discovery", problems, integer=False))
 
     if problems:
         raise InventoryError(str(source), problems)

@@ -13,6 +13,7 @@ import grpc
 
 import node
 from node import sysinfo
+from node.interfaces import local_interfaces
 from node.model_config import read_model_info
 from node.next_stage import NextStageLink
 from node.results_hub import ResultsHub
@@ -44,6 +45,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.node_id = node_id
         self.idle_timeout_s = idle_timeout_s
         self.started = time.monotonic()
+        self._machine = sysinfo.machine_model()
+        self._machine_id = sysinfo.machine_id()
         # Large steps (prefill chunks) and loading run on this one thread, so the loop stays
         # responsive; small steps run on the loop itself. The compute loop awaits each
         # job, so two steps never run at once.
@@ -84,6 +87,11 @@ class WorkerService(pb_grpc.WorkerServicer):
             active_sessions=len(sessions) if sessions else 0,
             kv_cache_bytes=sessions.kv_bytes() if sessions else 0,
             pid=os.getpid(),
+            usable_memory_bytes=sysinfo.usable_memory_bytes(),
+            machine=self._machine,
+            machine_id=self._machine_id,
+            interfaces=[pb.NetInterface(name=i.name, address=i.address, prefix_len=i.prefix_len, kind=i.kind)
+                        for i in local_interfaces()],
         )
 
     async def GetInfo(self, request, context):

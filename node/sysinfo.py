@@ -58,3 +58,76 @@ def mlx_backends() -> list[str]:
         backends.append("mlx-cuda")
     backends.append("mlx-cpu")
     return backends
+
+
+def _meminfo_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def usable_memory_bytes() -> int:
+    """Memory this node can give to weights and KV caches: on macOS the Metal working set
+    the GPU may wire (not all of RAM), with CUDA the device's memory, else available RAM."""
+    import mlx.core as mx
+
+    if sys.platform == "darwin" and mx.metal.is_available():
+        info = mx.metal.device_info()
+        return int(info.get("max_recommended_working_set_size") or info.get("memory_size") or 0)
+    cuda = getattr(mx, "cuda", None)
+    if cuda is not None and cuda.is_available():
+        info = mx.device_info() if hasattr(mx, "device_info") else {}
+        if info.get("memory_size"):
+            return int(info["memory_size"])
+    available = _meminfo_bytes("MemAvailable")
+    return available if available is not None else total_memory_bytes()
+
+
+def _run(cmd: list[str]) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_model() -> str:
+    """The chip or CPU: "Apple M4", "AMD EPYC 7B13"."""
+    if sys.platform == "darwin":
+        return _run(["sysctl", "-n", "machdep.cpu.brand_string"]) or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_id() -> str:
+    """The same for every worker on one machine (and network namespace: workers in
+    separate namespaces are treated as separate machines, as they are in the lab tests),
+    so the planner can share one machine's memory among its workers."""
+    base = ""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            base = open(path).read().strip()
+            break
+        except OSError:
+            continue
+    if sys.platform == "darwin":
+        base = _run(["ioreg", "-rd1", "-c", "IOPlatformExpertDevice"]).split("IOPlatformUUID", 1)[-1][:60]
+    try:
+        netns = os.readlink("/proc/self/ns/net")
+    except OSError:
+        netns = ""
+    import hashlib
+
+    return hashlib.sha256(f"{base}|{platform.node()}|{netns}".encode()).hexdigest()[:16]

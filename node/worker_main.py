@@ -12,6 +12,8 @@ import sys
 
 import grpc
 
+from node import sysinfo
+from node.advertise import Advertiser
 from node.server import WorkerService
 from proto import boltpipe_pb2_grpc as pb_grpc
 from proto import WORKER_READY_MARKER, grpc_options
@@ -27,6 +29,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=socket.gethostname(), help="node name reported to the coordinator")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle session is freed")
+    parser.add_argument("--no-advertise", action="store_true",
+                        help="do not announce this worker by Bonjour (it always is when listening beyond loopback)")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -57,12 +61,18 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.create_task(_watch_parent(args.parent_pid, stop)) if args.parent_pid else None
+    advertiser = None
+    if not args.no_advertise:
+        advertiser = Advertiser(args.name, args.host, port, sysinfo.mlx_backends())
+        await advertiser.start()
     print(f"{WORKER_READY_MARKER} name={args.name} port={port} pid={os.getpid()}", flush=True)
     log.info("worker %s listening on %s:%d", args.name, args.host, port)
     await stop.wait()
     log.info("worker %s stopping", args.name)
     if watcher:
         watcher.cancel()
+    if advertiser is not None:
+        await advertiser.stop()
     await server.stop(grace=1.0)
     await service.stop_background()
     return 0

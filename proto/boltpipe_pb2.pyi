@@ -21,7 +21,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid")
+    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOLTPIPE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,10 @@ class NodeInfo(_message.Message):
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    USABLE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boltpipe_version: str
     protocol_version: int
@@ -50,7 +54,23 @@ class NodeInfo(_message.Message):
     active_sessions: int
     kv_cache_bytes: int
     pid: int
-    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+    usable_memory_bytes: int
+    machine: str
+    machine_id: str
+    interfaces: _containers.RepeatedCompositeFieldContainer[NetInterface]
+    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ...) -> None: ...
+
+class NetInterface(_message.Message):
+    __slots__ = ("name", "address", "prefix_len", "kind")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_LEN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    prefix_len: int
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., prefix_len: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class SliceSpec(_message.Message):
     __slots__ = ("model_path", "layer_start", "layer_end", "num_layers", "stage_index", "num_stages", "next_address", "backend", "max_sessions", "kv_budget_bytes", "model_id")

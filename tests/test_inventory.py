@@ -241,7 +241,7 @@ def test_model_name_must_be_a_string(tmp_path: Path) -> None:
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     problem = the_problem(valid(nodez=[]), tmp_path)
-    assert problem.startswith("inventory.nodez: unknown field (allowed: cluster, model, nodes, serve, pipeline)")
+    assert problem.startswith("inventory.nodez: unknown field (allowed: cluster, model, nodes, serve, pipeline, discovery)")
 
 
 def test_unknown_model_key(tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_unknown_model_key(tmp_path: Path) -> None:
 def test_unknown_node_key(tmp_path: Path) -> None:
     data = valid()
     data["nodes"][1]["memory"] = "16G"
-    assert the_problem(data, tmp_path) == "nodes[1].memory: unknown field (allowed: name, host, port, backend, weight)"
+    assert the_problem(data, tmp_path) == "nodes[1].memory: unknown field (allowed: name, host, port, backend, weight, memory_limit, interface)"
 
 
 def test_unknown_serve_key(tmp_path: Path) -> None:
@@ -265,13 +265,14 @@ def test_unknown_serve_key(tmp_path: Path) -> None:
 
 def test_unknown_pipeline_key(tmp_path: Path) -> None:
     problem = the_problem(valid(pipeline={"prefill_chunk": 64, "batch": 4}), tmp_path)
-    assert problem == "pipeline.batch: unknown field (allowed: prefill_chunk, kv_budget_mb)"
+    assert problem == "pipeline.batch: unknown field (allowed: prefill_chunk, kv_budget_mb, runtime_overhead_mb)"
 
 
 def test_admission_limits_and_their_defaults(tmp_path: Path) -> None:
     inv = parse_inventory(valid(), source=tmp_path / "inv.yaml")
     assert (inv.max_concurrent, inv.max_queue, inv.queue_timeout_s, inv.request_timeout_s) == (8, 32, 30.0, 600.0)
-    assert inv.context_length is None and inv.kv_budget_mb == 1024
+    assert inv.context_length is None and inv.kv_budget_mb is None and inv.runtime_overhead_mb == 400
+    assert inv.discovery_timeout_s == 30.0
     inv = parse_inventory(
         valid(serve={"max_concurrent": 2, "max_queue": 0, "queue_timeout_s": 1.5, "request_timeout_s": 20,
                      "context_length": 4096},
@@ -332,7 +333,7 @@ def test_node_bad_host(tmp_path: Path) -> None:
 def test_node_missing_port(tmp_path: Path) -> None:
     data = valid()
     del data["nodes"][1]["port"]
-    assert the_problem(data, tmp_path) == "nodes[1].port: required"
+    assert the_problem(data, tmp_path) == "nodes[1].port: required with host"
 
 
 @pytest.mark.parametrize("port", [0, -1, 65536, "50061", 50061.0, True, None])

@@ -93,7 +93,7 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
         stopper.cancel()
         cluster = bring.result()
         api = OpenAIServer(cluster.engine, cluster.model_name, cluster.admission,
-                           ServeLimits(cluster.context_length, inventory.request_timeout_s))
+                           ServeLimits(cluster.context_length, inventory.request_timeout_s, cluster.vanished))
         runner = api.runner(api.app())
         await runner.setup()
         try:

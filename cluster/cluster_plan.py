@@ -1,0 +1,152 @@
+"""From an inventory, a model and the nodes' facts to a full plan: ring order, layer ranges
+by memory, the data-plane address of every hop, KV budgets and the session limit.
+
+Pure: no sockets, no loading; `cluster plan` prints it and `cluster up` carries it out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from cluster.addresses import choose_link, ring_order
+from cluster.admission import session_limit
+from cluster.inventory import Inventory, NodeSpec, format_address
+from cluster.node_facts import NodeFacts
+from cluster.placement import (NodeBudget, Placement, PlacementError, activation_headroom_bytes, format_bytes,
+                               kv_bytes_per_layer, plan_placement)
+from node.model_config import ModelInfo
+from node.model_sizes import ModelSizes
+
+DEFAULT_CONTEXT = 4096  # when the model's config does not say
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    spec: NodeSpec
+    facts: NodeFacts
+    placement: Placement
+    budget_note: str        # where the budget came from, for the plan table
+    next_address: str       # host:port of the next stage ("" on the last)
+    next_link: str          # the kind of link to the next stage
+
+    @property
+    def node(self) -> str:
+        return self.spec.name
+
+    @property
+    def layer_start(self) -> int:
+        return self.placement.layer_start
+
+    @property
+    def layer_end(self) -> int:
+        return self.placement.layer_end
+
+    @property
+    def num_layers(self) -> int:
+        return self.placement.num_layers
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    stages: list[PlannedStage]
+    context_length: int
+    max_sessions: int
+    kv_dtype_bytes: int
+
+    def kv_budget_bytes(self, stage: PlannedStage) -> int:
+        return stage.placement.kv_bytes
+
+
+def context_length(inventory: Inventory, model: ModelInfo) -> int:
+    own = model.max_position_embeddings or DEFAULT_CONTEXT
+    return min(inventory.context_length, own) if inventory.context_length else own
+
+
+def kv_dtype_bytes(model: ModelInfo) -> int:
+    return 2 if model.config.get("torch_dtype") in ("float16", "bfloat16") else 4
+
+
+def budgets(nodes: list[NodeSpec], facts: dict[str, NodeFacts]) -> list[tuple[NodeBudget, str]]:
+    """Usable memory per node: workers on one machine share it evenly; memory_limit caps it."""
+    per_machine = Counter(facts[n.name].machine_id for n in nodes)
+    out = []
+    for n in nodes:
+        f = facts[n.name]
+        share = f.usable_memory_bytes // per_machine[f.machine_id]
+        note = f"{format_bytes(f.usable_memory_bytes)} usable" + (
+            f" / {per_machine[f.machine_id]} workers on one machine" if per_machine[f.machine_id] > 1 else "")
+        if n.memory_limit is not None and n.memory_limit < share:
+            share, note = n.memory_limit, f"memory_limit {format_bytes(n.memory_limit)}"
+        out.append((NodeBudget(n.name, share, n.weight), note))
+    return out
+
+
+def _next_hop(sender: NodeFacts, receiver: NodeFacts, receiver_spec: NodeSpec) -> tuple[str, str]:
+    link = choose_link(sender.interfaces, receiver.interfaces, pinned_interface=receiver_spec.interface,
+                       same_machine=sender.machine_id == receiver.machine_id)
+    if link is None:
+        if receiver_spec.interface:
+            raise PlacementError(f"node {receiver_spec.name} has no address on interface {receiver_spec.interface!r} "
+                                 f"(it has: {', '.join(sorted({i.name for i in receiver.interfaces})) or 'none'})")
+        # Nothing better is known: the address the coordinator itself uses.
+        return receiver.address, "unknown"
+    return format_address(link.interface.address, receiver.port), link.kind
+
+
+def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: list[NodeFacts]) -> ClusterPlan:
+    by_name = {f.name: f for f in facts}
+    specs = {n.name: n for n in inventory.nodes}
+    order = ring_order([(n.name, by_name[n.name].interfaces) for n in inventory.nodes])
+    nodes = [specs[name] for name in order]
+
+    context = context_length(inventory, model)
+    dtype = kv_dtype_bytes(model)
+    headroom = activation_headroom_bytes(model.config, prefill_chunk=inventory.prefill_chunk, context_length=context,
+                                         runtime_bytes=inventory.runtime_overhead_mb << 20)
+    if inventory.kv_budget_mb is None:
+        # Reserve what max_concurrent sessions need at the full context, layer by layer.
+        per_layer = kv_bytes_per_layer(model.config, context_length=context, sessions=inventory.max_concurrent,
+                                       dtype_bytes=dtype)
+        fixed_kv = 0
+    else:
+        per_layer, fixed_kv = 0, inventory.kv_budget_mb << 20
+    node_budgets = budgets(nodes, by_name)
+    placements = plan_placement([b for b, _ in node_budgets], sizes, kv_bytes_per_layer=per_layer,
+                                headroom_bytes=headroom + fixed_kv)
+    if fixed_kv:
+        # The fixed KV budget was planned as headroom; show it as KV.
+        placements = [Placement(p.node, p.layer_start, p.layer_end, p.weight_bytes, fixed_kv,
+                                p.headroom_bytes - fixed_kv, p.budget_bytes) for p in placements]
+        sessions = session_limit([p.num_layers for p in placements], model.config, context_length=context,
+                                 kv_budget_bytes=fixed_kv, dtype_bytes=dtype, configured_max=inventory.max_concurrent)
+        if sessions < 1:
+            raise PlacementError(
+                f"pipeline.kv_budget_mb ({inventory.kv_budget_mb} MB per worker) cannot hold one session of "
+                f"{context} tokens; raise pipeline.kv_budget_mb, lower serve.context_length, or add nodes")
+    else:
+        sessions = inventory.max_concurrent
+
+    stages = []
+    for i, (spec, placement) in enumerate(zip(nodes, placements)):
+        if i + 1 < len(nodes):
+            next_address, next_link = _next_hop(by_name[spec.name], by_name[nodes[i + 1].name], nodes[i + 1])
+        else:
+            next_address, next_link = "", ""
+        stages.append(PlannedStage(spec, by_name[spec.name], placement, node_budgets[i][1], next_address, next_link))
+    return ClusterPlan(stages, context, sessions, dtype)
+
+
+def plan_table(plan: ClusterPlan, model_name: str) -> str:
+    rows = [("stage", "node", "address", "layers", "weights", "KV cache", "headroom", "need", "budget", "next hop")]
+    for i, s in enumerate(plan.stages):
+        p = s.placement
+        rows.append((str(i), s.node, s.facts.address, f"{p.layer_start}-{p.layer_end - 1} ({p.num_layers})",
+                     format_bytes(p.weight_bytes), format_bytes(p.kv_bytes), format_bytes(p.headroom_bytes),
+                     format_bytes(p.need_bytes), f"{format_bytes(p.budget_bytes)} ({s.budget_note})",
+                     f"{s.next_address} ({s.next_link})" if s.next_address else "coordinator"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    head = (f"{model_name}: {sum(s.num_layers for s in plan.stages)} layers over {len(plan.stages)} nodes; "
+            f"context {plan.context_length} tokens, up to {plan.max_sessions} sessions at once")
+    return "\n".join([head, *lines])
