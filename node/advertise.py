@@ -32,6 +32,7 @@ def instance_name(node_name: str) -> str:
 def listening_interfaces(listen_host: str, interfaces: Sequence[Interface]) -> list[Interface]:
     """The interfaces a worker is reachable on: all of them for a wildcard listen address,
     else the one holding that address."""
+    listen_host = "127.0.0.1" if listen_host == "localhost" else listen_host
     if listen_host in ("0.0.0.0", "::", ""):
         return list(interfaces)
     return [i for i in interfaces if i.address == listen_host]
@@ -90,7 +91,8 @@ class Advertiser:
         try:
             self._zeroconf = AsyncZeroconf()
             # Two workers may share a name on one network; the TXT id is what counts.
-            await self._zeroconf.async_register_service(self._info, allow_name_change=True)
+            # The call returns a task that finishes once the announcements are out.
+            await (await self._zeroconf.async_register_service(self._info, allow_name_change=True))
         except Exception as exc:  # multicast may be blocked; the static inventory still works
             log.warning("Bonjour advertisement failed (%s); coordinators must name this worker's address", exc)
             await self.stop()
@@ -103,7 +105,8 @@ class Advertiser:
             return
         try:
             if self._info is not None:
-                await self._zeroconf.async_unregister_service(self._info)
+                # Await the goodbye broadcast itself, or closing would cancel it.
+                await (await self._zeroconf.async_unregister_service(self._info))
         except Exception as exc:
             log.debug("Bonjour goodbye failed: %s", exc)
         finally:

@@ -13,6 +13,7 @@ import grpc
 
 import node
 from node import sysinfo
+from node.advertise import listening_interfaces
 from node.interfaces import local_interfaces
 from node.model_config import read_model_info
 from node.next_stage import NextStageLink
@@ -41,8 +42,9 @@ class LoadedSlice:
 
 
 class WorkerService(pb_grpc.WorkerServicer):
-    def __init__(self, node_id: str, *, idle_timeout_s: float = 300.0):
+    def __init__(self, node_id: str, *, idle_timeout_s: float = 300.0, listen_host: str = "0.0.0.0"):
         self.node_id = node_id
+        self.listen_host = listen_host
         self.idle_timeout_s = idle_timeout_s
         self.started = time.monotonic()
         self._machine = sysinfo.machine_model()
@@ -91,7 +93,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             machine=self._machine,
             machine_id=self._machine_id,
             interfaces=[pb.NetInterface(name=i.name, address=i.address, prefix_len=i.prefix_len, kind=i.kind)
-                        for i in local_interfaces()],
+                        for i in listening_interfaces(self.listen_host, local_interfaces())],
         )
 
     async def GetInfo(self, request, context):

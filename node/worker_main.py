@@ -44,7 +44,7 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
 
 async def serve(args: argparse.Namespace) -> int:
     server = grpc.aio.server(options=grpc_options())
-    service = WorkerService(args.name, idle_timeout_s=args.idle_timeout)
+    service = WorkerService(args.name, idle_timeout_s=args.idle_timeout, listen_host=args.host)
     pb_grpc.add_WorkerServicer_to_server(service, server)
     address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     try:
