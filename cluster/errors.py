@@ -4,7 +4,7 @@ from cluster.bringup import BringUpError
 from cluster.demo_model import DemoModelMissing
 from cluster.inventory import InventoryError
 from cluster.pipeline_client import PipelineError
-from cluster.planner import PlanError
+from cluster.placement import PlanError
 from cluster.state import StateError
 from deploy.local import WorkerStartError
 from node.gguf import GGUFImportError

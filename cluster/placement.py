@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cluster.admission import kv_bytes_per_token
-from cluster.planner import PlanError
 from node.model_sizes import ModelSizes
+
+
+class PlanError(ValueError):
+    """A cluster that cannot be planned; the message says why and what to do."""
 
 
 class PlacementError(PlanError):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cluster.placement import (NodeBudget, Placement, PlacementError, activation_headroom_bytes, format_bytes,
                                kv_bytes_per_layer, plan_placement)
-from cluster.planner import PlanError
+from cluster.placement import PlanError
 from node.model_sizes import ModelSizes
 
 SMOLLM2_CONFIG = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
