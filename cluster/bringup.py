@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-import node
 from cluster import paths
 from cluster.admission import Admission
 from cluster.cluster_plan import ClusterPlan, PlannedStage, make_plan
@@ -23,13 +22,13 @@ from cluster.discovery import Browser, DiscoveryTimeout
 from cluster.engine import Engine
 from cluster.inventory import Inventory
 from cluster.model_source import resolve_model, served_model_name
-from cluster.node_facts import NodeFactsError, gather_facts
+from cluster.node_facts import NodeFactsError, check_version, gather_facts
 from cluster.pipeline_client import PipelineClient, StageEndpoint
 from cluster.tokenizer import PromptTokenizer
 from deploy.local import LocalWorker, LocalWorkerSpec, start_local_workers, stop_pids
 from node.model_config import ModelInfo
 from node.model_sizes import read_model_sizes
-from proto import PROTOCOL_VERSION, grpc_options
+from proto import grpc_options
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 
@@ -77,11 +76,10 @@ async def _check_reachable(stages: list[PlannedStage], timeout_s: float) -> list
                 info = await pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=timeout_s, wait_for_ready=True)
             except grpc.aio.AioRpcError as exc:
                 raise BringUpError(f"node {stage.node} at {address} is not reachable: {exc.code().name} {exc.details()}")
-        if info.protocol_version != PROTOCOL_VERSION:
-            raise BringUpError(
-                f"node {stage.node} speaks protocol {info.protocol_version}, this coordinator {PROTOCOL_VERSION}: "
-                f"install boltpipe {node.__version__} there"
-            )
+        try:
+            check_version(stage.node, info.protocol_version, info.boltpipe_version)
+        except NodeFactsError as exc:
+            raise BringUpError(str(exc)) from None
         return info
 
     return list(await asyncio.gather(*(one(s) for s in stages)))

@@ -13,6 +13,7 @@ from cluster.addresses import choose_link, ring_order
 from cluster.admission import session_limit
 from cluster.inventory import Inventory, NodeSpec, format_address
 from cluster.node_facts import NodeFacts
+from cluster.text_table import format_rows
 from cluster.placement import (NodeBudget, Placement, PlacementError, activation_headroom_bytes, format_bytes,
                                kv_bytes_per_layer, plan_placement)
 from node.model_config import ModelInfo
@@ -145,8 +146,6 @@ def plan_table(plan: ClusterPlan, model_name: str) -> str:
                      format_bytes(p.weight_bytes), format_bytes(p.kv_bytes), format_bytes(p.headroom_bytes),
                      format_bytes(p.need_bytes), f"{format_bytes(p.budget_bytes)} ({s.budget_note})",
                      f"{s.next_address} ({s.next_link})" if s.next_address else "coordinator"))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     head = (f"{model_name}: {sum(s.num_layers for s in plan.stages)} layers over {len(plan.stages)} nodes; "
             f"context {plan.context_length} tokens, up to {plan.max_sessions} sessions at once")
-    return "\n".join([head, *lines])
+    return head + "\n" + format_rows(rows)

@@ -53,7 +53,7 @@ def local_facts(spec: NodeSpec) -> NodeFacts:
     )
 
 
-def _check_version(name: str, protocol: int, version: str) -> None:
+def check_version(name: str, protocol: int, version: str) -> None:
     if protocol != PROTOCOL_VERSION:
         raise NodeFactsError(
             f"node {name} speaks protocol {protocol}, this coordinator {PROTOCOL_VERSION}: "
@@ -67,7 +67,7 @@ async def static_facts(spec: NodeSpec, timeout_s: float) -> NodeFacts:
             info = await pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=timeout_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise NodeFactsError(f"node {spec.name} at {spec.address} is not reachable: {exc.code().name} {exc.details()}")
-    _check_version(spec.name, info.protocol_version, info.boltpipe_version)
+    check_version(spec.name, info.protocol_version, info.boltpipe_version)
     interfaces = tuple(Interface(i.name, i.address, i.prefix_len, i.kind) for i in info.interfaces)
     return NodeFacts(
         name=spec.name, source="static", address=spec.address, port=spec.port,
@@ -77,7 +77,7 @@ async def static_facts(spec: NodeSpec, timeout_s: float) -> NodeFacts:
 
 
 def bonjour_facts(spec: NodeSpec, advert: NodeAdvert) -> NodeFacts:
-    _check_version(spec.name, advert.protocol_version, advert.boltpipe_version)
+    check_version(spec.name, advert.protocol_version, advert.boltpipe_version)
     same_machine = advert.machine_id == sysinfo.machine_id()
     chosen = choose_address(local_interfaces(), advert.interfaces, same_machine=same_machine)
     host = chosen.address if chosen else (advert.addresses[0] if advert.addresses else None)

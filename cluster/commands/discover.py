@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from cluster.discovery import NodeAdvert, discover
 from cluster.placement import format_bytes
+from cluster.text_table import format_rows
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,8 +43,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"no boltpipe workers answered within {args.timeout:g} s (is multicast DNS blocked here? "
               "workers announce themselves when they listen beyond loopback: cluster worker --host 0.0.0.0)")
         return 1
-    rows = advert_rows(nodes)
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    print(format_rows(advert_rows(nodes)))
     return 0
