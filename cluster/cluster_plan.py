@@ -53,7 +53,6 @@ class ClusterPlan:
     stages: list[PlannedStage]
     context_length: int
     max_sessions: int
-    kv_dtype_bytes: int
 
     def kv_budget_bytes(self, stage: PlannedStage) -> int:
         return stage.placement.kv_bytes
@@ -135,7 +134,7 @@ def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: 
         else:
             next_address, next_link = "", ""
         stages.append(PlannedStage(spec, by_name[spec.name], placement, node_budgets[i][1], next_address, next_link))
-    return ClusterPlan(stages, context, sessions, dtype)
+    return ClusterPlan(stages, context, sessions)
 
 
 def plan_table(plan: ClusterPlan, model_name: str) -> str:
