@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # mlx-lm architectures whose decoder has the plain shape the stage runner relies on:
 # embed_tokens -> layers -> norm -> lm_head (or tied embeddings).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+# A directory holding this file is a per-node shard (deploy/shards.py cuts them): config.json is the
+# full model's, but the weights cover only the layers the manifest names.
+SHARD_MANIFEST = "boltpipe-shard.json"
 
 
 class ModelDirError(ValueError):
@@ -25,6 +29,11 @@ class ModelInfo:
     tie_word_embeddings: bool
     max_position_embeddings: int | None
     config: dict
+    shard_layers: tuple[int, int] | None = None  # [start, end) a shard holds; None for a full model
+
+    @property
+    def is_shard(self) -> bool:
+        return self.shard_layers is not None
 
     @property
     def has_chat_template(self) -> bool:
@@ -55,7 +64,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
     if not list(path.glob("model*.safetensors")):
         raise ModelDirError(f"{path} holds no model*.safetensors weight files")
     try:
-        return ModelInfo(
+        info = ModelInfo(
             path=path,
             model_type=model_type,
             num_layers=int(config["num_hidden_layers"]),
@@ -67,3 +76,22 @@ def read_model_info(path: str | Path) -> ModelInfo:
         )
     except KeyError as exc:
         raise ModelDirError(f"{config_file} lacks the field {exc.args[0]!r}") from exc
+    if (path / SHARD_MANIFEST).is_file():
+        info = replace(info, shard_layers=_shard_layers(path / SHARD_MANIFEST, info.num_layers))
+    return info
+
+
+def _shard_layers(manifest: Path, num_layers: int) -> tuple[int, int]:
+    """The layer range a shard's manifest declares, checked against the model's config."""
+    try:
+        data = json.loads(manifest.read_text())
+        start, end, total = data["layer_start"], data["layer_end"], data["num_layers"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelDirError(f"{manifest} is not a valid shard manifest ({exc!r}); cut the shard again") from exc
+    if not all(type(v) is int for v in (start, end, total)) or not 0 <= start < end <= total:
+        raise ModelDirError(f"{manifest}: layer range [{start}, {end}) of {total} layers is invalid; "
+                            "cut the shard again")
+    if total != num_layers:
+        raise ModelDirError(f"{manifest} was cut from a model of {total} layers but config.json declares "
+                            f"{num_layers}; the shard and its config do not belong together: cut the shard again")
+    return start, end

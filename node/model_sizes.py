@@ -57,8 +57,27 @@ class ModelSizes:
         return total
 
 
-def tensor_sizes(path: Path) -> dict[str, int]:
-    """Tensor name -> byte size from one safetensors file's header."""
+@dataclass(frozen=True)
+class TensorEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # byte offsets within the data section, which starts at SafetensorsHeader.data_start
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    tensors: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    data_start: int  # file offset of the first data byte: 8 + header length
+
+
+def read_safetensors_header(path: Path) -> SafetensorsHeader:
+    """One safetensors file's parsed and checked header (its weights are never read)."""
     try:
         with open(path, "rb") as fh:
             file_size = os.fstat(fh.fileno()).st_size
@@ -81,7 +100,10 @@ def tensor_sizes(path: Path) -> dict[str, int]:
     if not isinstance(header, dict):
         raise ModelSizeError(f"{path.name}: the header is not a JSON object; the file is corrupt")
     data_bytes = file_size - 8 - n
-    sizes: dict[str, int] = {}
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ModelSizeError(f"{path.name}: __metadata__ is not a JSON object; the file is corrupt")
+    tensors: dict[str, TensorEntry] = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -92,8 +114,14 @@ def tensor_sizes(path: Path) -> dict[str, int]:
         if offsets[1] > data_bytes:
             raise ModelSizeError(f"{path.name}: truncated: tensor {name!r} ends at byte {offsets[1]} of the data "
                                  f"but the file holds only {data_bytes} data bytes")
-        sizes[name] = offsets[1] - offsets[0]
-    return sizes
+        tensors[name] = TensorEntry(dtype=str(entry.get("dtype")), shape=tuple(entry.get("shape") or ()),
+                                    begin=offsets[0], end=offsets[1])
+    return SafetensorsHeader(tensors=tensors, metadata=dict(metadata), data_start=8 + n)
+
+
+def tensor_sizes(path: Path) -> dict[str, int]:
+    """Tensor name -> byte size from one safetensors file's header."""
+    return {name: t.nbytes for name, t in read_safetensors_header(path).tensors.items()}
 
 
 def weight_files(model_dir: Path) -> list[Path]:
