@@ -13,7 +13,7 @@ from cluster.addresses import choose_link, ring_order
 from cluster.admission import session_limit
 from cluster.inventory import Inventory, NodeSpec, format_address
 from cluster.node_facts import NodeFacts
-from cluster.text_table import format_rows
+from deploy.text_table import format_rows
 from cluster.placement import (NodeBudget, Placement, PlacementError, activation_headroom_bytes, format_bytes,
                                kv_bytes_per_layer, plan_placement)
 from node.model_config import ModelInfo

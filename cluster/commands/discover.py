@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from cluster.discovery import NodeAdvert, discover
 from cluster.placement import format_bytes
-from cluster.text_table import format_rows
+from deploy.text_table import format_rows
 
 
 def register(sub: argparse._SubParsersAction) -> None:
