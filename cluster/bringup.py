@@ -20,12 +20,14 @@ from cluster.admission import Admission
 from cluster.cluster_plan import ClusterPlan, PlannedStage, make_plan
 from cluster.discovery import Browser, DiscoveryTimeout
 from cluster.engine import Engine
-from cluster.inventory import Inventory
+from cluster.inventory import METRICS_PORT_OFFSET, Inventory
 from cluster.model_source import resolve_model, served_model_name
 from cluster.node_facts import NodeFactsError, check_version, gather_facts
 from cluster.pipeline_client import PipelineClient, StageEndpoint
+from cluster.ssh_deploy import push_weights
 from cluster.tokenizer import PromptTokenizer
 from deploy.local import LocalWorker, LocalWorkerSpec, start_local_workers, stop_pids
+from deploy.ssh import SshError
 from node.model_config import ModelInfo
 from node.model_sizes import read_model_sizes
 from proto import grpc_options
@@ -87,6 +89,7 @@ async def _check_reachable(stages: list[PlannedStage], timeout_s: float) -> list
 
 async def _load_slices(
     inventory: Inventory, model: ModelInfo, model_name: str, plan: ClusterPlan, show_progress: bool,
+    model_paths: dict[str, str],
 ) -> list[pb.NodeInfo]:
     stages = plan.stages
     bars = [
@@ -98,7 +101,7 @@ async def _load_slices(
     async def one(i: int) -> pb.NodeInfo:
         stage = stages[i]
         spec = pb.SliceSpec(
-            model_path=str(model.path),
+            model_path=model_paths.get(stage.node, str(model.path)),
             layer_start=stage.layer_start,
             layer_end=stage.layer_end,
             num_layers=model.num_layers,
@@ -167,12 +170,18 @@ async def bring_up(
                                                      connect_timeout_s=connect_timeout_s,
                                                      discovery_timeout_s=discovery_timeout_s, browser=browser)
         log_dir = log_dir or paths.run_dir(inventory.source, inventory.name) / "logs"
-        local = [LocalWorkerSpec(s.node, s.spec.host, s.spec.port) for s in plan.stages if s.spec.is_local]
+        local = [LocalWorkerSpec(s.node, s.spec.host, s.spec.port, s.spec.metrics_port or s.spec.port + METRICS_PORT_OFFSET)
+                 for s in plan.stages if s.spec.is_local]
         workers = await asyncio.to_thread(
             start_local_workers, local, log_dir, parent_pid=os.getpid(), timeout_s=worker_start_timeout_s
         )
         await _check_reachable(plan.stages, connect_timeout_s)
-        infos = await _load_slices(inventory, model, model_name, plan, show_progress)
+        try:
+            model_paths = await push_weights(inventory, model, plan, paths.run_dir(inventory.source, inventory.name),
+                                             show_progress=show_progress)
+        except SshError as exc:
+            raise BringUpError(str(exc)) from None
+        infos = await _load_slices(inventory, model, model_name, plan, show_progress, model_paths)
         client = PipelineClient([StageEndpoint(s.node, s.facts.address) for s in plan.stages])
         await client.start()
         tokenizer = await asyncio.to_thread(PromptTokenizer, model.path)

@@ -11,10 +11,12 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from cluster.commands import bench, chat, discover, down, generate, import_gguf, plan, up, worker  # noqa: E402
+from cluster.commands import (  # noqa: E402
+    bench, chat, discover, doctor, down, generate, import_gguf, logs, plan, status, up, worker,
+)
 from cluster.errors import USER_ERRORS  # noqa: E402
 
-COMMANDS = (up, down, plan, discover, generate, chat, bench, import_gguf, worker)
+COMMANDS = (up, down, status, logs, plan, discover, generate, chat, bench, import_gguf, worker, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

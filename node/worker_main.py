@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import grpc
 
 from node import sysinfo
 from node.advertise import Advertiser
+from node.metrics_endpoint import start_metrics_server
 from node.server import WorkerService
 from proto import boltpipe_pb2_grpc as pb_grpc
 from proto import WORKER_READY_MARKER, grpc_options
@@ -31,6 +33,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle session is freed")
     parser.add_argument("--no-advertise", action="store_true",
                         help="do not announce this worker by Bonjour (it always is when listening beyond loopback)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="serve Prometheus metrics on this port (0: none)")
+    parser.add_argument("--config", help="a JSON file of these settings (written by `cluster up` on deployed nodes); "
+                        "options given on the command line win")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -65,6 +71,11 @@ async def serve(args: argparse.Namespace) -> int:
     if not args.no_advertise:
         advertiser = Advertiser(args.name, args.host, port, sysinfo.mlx_backends())
         await advertiser.start()
+    if args.metrics_port:
+        try:
+            start_metrics_server(args.metrics_port, args.host, args.name, service)
+        except OSError as exc:  # metrics are worth a warning, not a worker that cannot serve
+            log.warning("no metrics endpoint: cannot listen on %s:%d: %s", args.host, args.metrics_port, exc.strerror)
     print(f"{WORKER_READY_MARKER} name={args.name} port={port} pid={os.getpid()}", flush=True)
     log.info("worker %s listening on %s:%d", args.name, args.host, port)
     await stop.wait()
@@ -78,6 +89,30 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIG_KEYS = ("host", "port", "name", "idle_timeout", "no_advertise", "metrics_port", "log_level")
+
+
+def apply_config_file(args: argparse.Namespace) -> argparse.Namespace:
+    """Settings from --config, for every option left at its default on the command line."""
+    if not args.config:
+        return args
+    try:
+        with open(args.config) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"error: cannot read the worker configuration {args.config}: {exc}")
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise SystemExit(f"error: {args.config}: unknown settings {', '.join(unknown)} (known: {', '.join(CONFIG_KEYS)})")
+    fresh = argparse.ArgumentParser()
+    add_worker_arguments(fresh)
+    defaults = vars(fresh.parse_args([]))
+    for key, value in config.items():
+        if getattr(args, key) == defaults[key]:
+            setattr(args, key, value)
+    return args
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return asyncio.run(serve(args))
@@ -86,4 +121,4 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m node", description="Run a boltpipe worker.")
     add_worker_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(apply_config_file(parser.parse_args(argv)))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/boltpipe.proto\x12\x0b\x62oltpipe.v1\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\r\n\x0bInfoRequest\"\xb2\x03\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10\x62oltpipe_version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\x05\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x10\n\x08platform\x18\x05 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x06 \x03(\t\x12\x1a\n\x12total_memory_bytes\x18\x07 \x01(\x03\x12\x16\n\x0epeak_rss_bytes\x18\x08 \x01(\x03\x12\x11\n\trss_bytes\x18\t \x01(\x03\x12\x0e\n\x06loaded\x18\n \x01(\x08\x12%\n\x05slice\x18\x0b \x01(\x0b\x32\x16.boltpipe.v1.SliceSpec\x12\x17\n\x0f\x61\x63tive_sessions\x18\x0c \x01(\x05\x12\x16\n\x0ekv_cache_bytes\x18\r \x01(\x03\x12\x0b\n\x03pid\x18\x0e \x01(\x05\x12\x1b\n\x13usable_memory_bytes\x18\x0f \x01(\x03\x12\x0f\n\x07machine\x18\x10 \x01(\t\x12\x12\n\nmachine_id\x18\x11 \x01(\t\x12-\n\ninterfaces\x18\x12 \x03(\x0b\x32\x19.boltpipe.v1.NetInterface\"O\n\x0cNetInterface\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nprefix_len\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\xec\x01\n\tSliceSpec\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x13\n\x0blayer_start\x18\x02 \x01(\x05\x12\x11\n\tlayer_end\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x13\n\x0bstage_index\x18\x05 \x01(\x05\x12\x12\n\nnum_stages\x18\x06 \x01(\x05\x12\x14\n\x0cnext_address\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x14\n\x0cmax_sessions\x18\t \x01(\x05\x12\x17\n\x0fkv_budget_bytes\x18\n \x01(\x03\x12\x10\n\x08model_id\x18\x0b \x01(\t\"p\n\x0cLoadProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12#\n\x04info\x18\x05 \x01(\x0b\x32\x15.boltpipe.v1.NodeInfo\"(\n\x11\x45ndSessionRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\" \n\x0f\x45ndSessionReply\x12\r\n\x05\x65nded\x18\x01 \x01(\x05\"\x0f\n\rHealthRequest\"I\n\x0bHealthReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\x05\x12\x11\n\tuptime_ms\x18\x03 \x01(\x03\"y\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x10\n\x08has_seed\x18\x04 \x01(\x08\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x14\n\x0ctop_logprobs\x18\x06 \x01(\x05\"p\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\x0f\n\x07recv_ns\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompute_start_ns\x18\x03 \x01(\x03\x12\x16\n\x0e\x63ompute_end_ns\x18\x04 \x01(\x03\x12\x0f\n\x07send_ns\x18\x05 \x01(\x03\"\xf5\x01\n\x04Step\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x04\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12#\n\x06hidden\x18\x05 \x01(\x0b\x32\x13.boltpipe.v1.Tensor\x12\x12\n\nwant_token\x18\x06 \x01(\x08\x12-\n\x08sampling\x18\x07 \x01(\x0b\x32\x1b.boltpipe.v1.SamplingParams\x12\x10\n\x08reply_to\x18\x08 \x01(\t\x12)\n\x07timings\x18\t \x03(\x0b\x32\x18.boltpipe.v1.StageTiming\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"\xd3\x01\n\nStepResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x04\x12\x10\n\x08token_id\x18\x03 \x01(\x05\x12\x0f\n\x07logprob\x18\x04 \x01(\x02\x12-\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32\x17.boltpipe.v1.TopLogprob\x12)\n\x07timings\x18\x06 \x03(\x0b\x32\x18.boltpipe.v1.StageTiming\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x14\n\x0c\x66\x61iled_stage\x18\x08 \x01(\x05\"\x18\n\x07StepAck\x12\r\n\x05\x65rror\x18\x01 \x01(\t\"\"\n\x0eResultsRequest\x12\x10\n\x08reply_to\x18\x01 \x01(\t2\x8b\x03\n\x06Worker\x12:\n\x07GetInfo\x12\x18.boltpipe.v1.InfoRequest\x1a\x15.boltpipe.v1.NodeInfo\x12>\n\x06Health\x12\x1a.boltpipe.v1.HealthRequest\x1a\x18.boltpipe.v1.HealthReply\x12@\n\tLoadSlice\x12\x16.boltpipe.v1.SliceSpec\x1a\x19.boltpipe.v1.LoadProgress0\x01\x12J\n\nEndSession\x12\x1e.boltpipe.v1.EndSessionRequest\x1a\x1c.boltpipe.v1.EndSessionReply\x12\x34\n\x05Steps\x12\x11.boltpipe.v1.Step\x1a\x14.boltpipe.v1.StepAck(\x01\x30\x01\x12\x41\n\x07Results\x12\x1b.boltpipe.v1.ResultsRequest\x1a\x17.boltpipe.v1.StepResult0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/boltpipe.proto\x12\x0b\x62oltpipe.v1\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\r\n\x0bInfoRequest\"\xde\x03\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10\x62oltpipe_version\x18\x02 \x01(\t\x12\x18\n\x10protocol_version\x18\x03 \x01(\x05\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x10\n\x08platform\x18\x05 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x06 \x03(\t\x12\x1a\n\x12total_memory_bytes\x18\x07 \x01(\x03\x12\x16\n\x0epeak_rss_bytes\x18\x08 \x01(\x03\x12\x11\n\trss_bytes\x18\t \x01(\x03\x12\x0e\n\x06loaded\x18\n \x01(\x08\x12%\n\x05slice\x18\x0b \x01(\x0b\x32\x16.boltpipe.v1.SliceSpec\x12\x17\n\x0f\x61\x63tive_sessions\x18\x0c \x01(\x05\x12\x16\n\x0ekv_cache_bytes\x18\r \x01(\x03\x12\x0b\n\x03pid\x18\x0e \x01(\x05\x12\x1b\n\x13usable_memory_bytes\x18\x0f \x01(\x03\x12\x0f\n\x07machine\x18\x10 \x01(\t\x12\x12\n\nmachine_id\x18\x11 \x01(\t\x12-\n\ninterfaces\x18\x12 \x03(\x0b\x32\x19.boltpipe.v1.NetInterface\x12\x16\n\x0erecent_step_ms\x18\x13 \x01(\x01\x12\x12\n\nsteps_done\x18\x14 \x01(\x03\"O\n\x0cNetInterface\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nprefix_len\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\xec\x01\n\tSliceSpec\x12\x12\n\nmodel_path\x18\x01 \x01(\t\x12\x13\n\x0blayer_start\x18\x02 \x01(\x05\x12\x11\n\tlayer_end\x18\x03 \x01(\x05\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x13\n\x0bstage_index\x18\x05 \x01(\x05\x12\x12\n\nnum_stages\x18\x06 \x01(\x05\x12\x14\n\x0cnext_address\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x14\n\x0cmax_sessions\x18\t \x01(\x05\x12\x17\n\x0fkv_budget_bytes\x18\n \x01(\x03\x12\x10\n\x08model_id\x18\x0b \x01(\t\"p\n\x0cLoadProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12#\n\x04info\x18\x05 \x01(\x0b\x32\x15.boltpipe.v1.NodeInfo\"(\n\x11\x45ndSessionRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\" \n\x0f\x45ndSessionReply\x12\r\n\x05\x65nded\x18\x01 \x01(\x05\"\x0f\n\rHealthRequest\"I\n\x0bHealthReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\x05\x12\x11\n\tuptime_ms\x18\x03 \x01(\x03\"y\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x10\n\x08has_seed\x18\x04 \x01(\x08\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x14\n\x0ctop_logprobs\x18\x06 \x01(\x05\"p\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\x05\x12\x0f\n\x07recv_ns\x18\x02 \x01(\x03\x12\x18\n\x10\x63ompute_start_ns\x18\x03 \x01(\x03\x12\x16\n\x0e\x63ompute_end_ns\x18\x04 \x01(\x03\x12\x0f\n\x07send_ns\x18\x05 \x01(\x03\"\xf5\x01\n\x04Step\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x04\x12\x10\n\x08position\x18\x03 \x01(\x05\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12#\n\x06hidden\x18\x05 \x01(\x0b\x32\x13.boltpipe.v1.Tensor\x12\x12\n\nwant_token\x18\x06 \x01(\x08\x12-\n\x08sampling\x18\x07 \x01(\x0b\x32\x1b.boltpipe.v1.SamplingParams\x12\x10\n\x08reply_to\x18\x08 \x01(\t\x12)\n\x07timings\x18\t \x03(\x0b\x32\x18.boltpipe.v1.StageTiming\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"\xd3\x01\n\nStepResult\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x04\x12\x10\n\x08token_id\x18\x03 \x01(\x05\x12\x0f\n\x07logprob\x18\x04 \x01(\x02\x12-\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32\x17.boltpipe.v1.TopLogprob\x12)\n\x07timings\x18\x06 \x03(\x0b\x32\x18.boltpipe.v1.StageTiming\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x14\n\x0c\x66\x61iled_stage\x18\x08 \x01(\x05\"\x18\n\x07StepAck\x12\r\n\x05\x65rror\x18\x01 \x01(\t\"\"\n\x0eResultsRequest\x12\x10\n\x08reply_to\x18\x01 \x01(\t2\x8b\x03\n\x06Worker\x12:\n\x07GetInfo\x12\x18.boltpipe.v1.InfoRequest\x1a\x15.boltpipe.v1.NodeInfo\x12>\n\x06Health\x12\x1a.boltpipe.v1.HealthRequest\x1a\x18.boltpipe.v1.HealthReply\x12@\n\tLoadSlice\x12\x16.boltpipe.v1.SliceSpec\x1a\x19.boltpipe.v1.LoadProgress0\x01\x12J\n\nEndSession\x12\x1e.boltpipe.v1.EndSessionRequest\x1a\x1c.boltpipe.v1.EndSessionReply\x12\x34\n\x05Steps\x12\x11.boltpipe.v1.Step\x1a\x14.boltpipe.v1.StepAck(\x01\x30\x01\x12\x41\n\x07Results\x12\x1b.boltpipe.v1.ResultsRequest\x1a\x17.boltpipe.v1.StepResult0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,35 +36,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFOREQUEST']._serialized_start=91
   _globals['_INFOREQUEST']._serialized_end=104
   _globals['_NODEINFO']._serialized_start=107
-  _globals['_NODEINFO']._serialized_end=541
-  _globals['_NETINTERFACE']._serialized_start=543
-  _globals['_NETINTERFACE']._serialized_end=622
-  _globals['_SLICESPEC']._serialized_start=625
-  _globals['_SLICESPEC']._serialized_end=861
-  _globals['_LOADPROGRESS']._serialized_start=863
-  _globals['_LOADPROGRESS']._serialized_end=975
-  _globals['_ENDSESSIONREQUEST']._serialized_start=977
-  _globals['_ENDSESSIONREQUEST']._serialized_end=1017
-  _globals['_ENDSESSIONREPLY']._serialized_start=1019
-  _globals['_ENDSESSIONREPLY']._serialized_end=1051
-  _globals['_HEALTHREQUEST']._serialized_start=1053
-  _globals['_HEALTHREQUEST']._serialized_end=1068
-  _globals['_HEALTHREPLY']._serialized_start=1070
-  _globals['_HEALTHREPLY']._serialized_end=1143
-  _globals['_SAMPLINGPARAMS']._serialized_start=1145
-  _globals['_SAMPLINGPARAMS']._serialized_end=1266
-  _globals['_STAGETIMING']._serialized_start=1268
-  _globals['_STAGETIMING']._serialized_end=1380
-  _globals['_STEP']._serialized_start=1383
-  _globals['_STEP']._serialized_end=1628
-  _globals['_TOPLOGPROB']._serialized_start=1630
-  _globals['_TOPLOGPROB']._serialized_end=1677
-  _globals['_STEPRESULT']._serialized_start=1680
-  _globals['_STEPRESULT']._serialized_end=1891
-  _globals['_STEPACK']._serialized_start=1893
-  _globals['_STEPACK']._serialized_end=1917
-  _globals['_RESULTSREQUEST']._serialized_start=1919
-  _globals['_RESULTSREQUEST']._serialized_end=1953
-  _globals['_WORKER']._serialized_start=1956
-  _globals['_WORKER']._serialized_end=2351
+  _globals['_NODEINFO']._serialized_end=585
+  _globals['_NETINTERFACE']._serialized_start=587
+  _globals['_NETINTERFACE']._serialized_end=666
+  _globals['_SLICESPEC']._serialized_start=669
+  _globals['_SLICESPEC']._serialized_end=905
+  _globals['_LOADPROGRESS']._serialized_start=907
+  _globals['_LOADPROGRESS']._serialized_end=1019
+  _globals['_ENDSESSIONREQUEST']._serialized_start=1021
+  _globals['_ENDSESSIONREQUEST']._serialized_end=1061
+  _globals['_ENDSESSIONREPLY']._serialized_start=1063
+  _globals['_ENDSESSIONREPLY']._serialized_end=1095
+  _globals['_HEALTHREQUEST']._serialized_start=1097
+  _globals['_HEALTHREQUEST']._serialized_end=1112
+  _globals['_HEALTHREPLY']._serialized_start=1114
+  _globals['_HEALTHREPLY']._serialized_end=1187
+  _globals['_SAMPLINGPARAMS']._serialized_start=1189
+  _globals['_SAMPLINGPARAMS']._serialized_end=1310
+  _globals['_STAGETIMING']._serialized_start=1312
+  _globals['_STAGETIMING']._serialized_end=1424
+  _globals['_STEP']._serialized_start=1427
+  _globals['_STEP']._serialized_end=1672
+  _globals['_TOPLOGPROB']._serialized_start=1674
+  _globals['_TOPLOGPROB']._serialized_end=1721
+  _globals['_STEPRESULT']._serialized_start=1724
+  _globals['_STEPRESULT']._serialized_end=1935
+  _globals['_STEPACK']._serialized_start=1937
+  _globals['_STEPACK']._serialized_end=1961
+  _globals['_RESULTSREQUEST']._serialized_start=1963
+  _globals['_RESULTSREQUEST']._serialized_end=1997
+  _globals['_WORKER']._serialized_start=2000
+  _globals['_WORKER']._serialized_end=2395
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces")
+    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces", "recent_step_ms", "steps_done")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOLTPIPE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,8 @@ class NodeInfo(_message.Message):
     MACHINE_FIELD_NUMBER: _ClassVar[int]
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_STEP_MS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boltpipe_version: str
     protocol_version: int
@@ -58,7 +60,9 @@ class NodeInfo(_message.Message):
     machine: str
     machine_id: str
     interfaces: _containers.RepeatedCompositeFieldContainer[NetInterface]
-    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ...) -> None: ...
+    recent_step_ms: float
+    steps_done: int
+    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., recent_step_ms: _Optional[float] = ..., steps_done: _Optional[int] = ...) -> None: ...
 
 class NetInterface(_message.Message):
     __slots__ = ("name", "address", "prefix_len", "kind")

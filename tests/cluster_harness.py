@@ -82,14 +82,17 @@ class LoopCluster:
 
 
 def worker_processes(ports: list[int]) -> list[psutil.Process]:
-    """Live worker processes (python -m node) listening on any of these ports."""
+    """Live worker processes (python -m node) on any of these ports: named on the command line, or
+    (started with --config) found listening there."""
     found = []
     wanted = {str(p) for p in ports}
+    listening = {c.pid for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr and str(c.laddr.port) in wanted}
     for proc in psutil.process_iter(["cmdline", "status"]):
         cmd = proc.info["cmdline"] or []
-        if proc.info["status"] == psutil.STATUS_ZOMBIE or "node" not in cmd or "--port" not in cmd:
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or "node" not in cmd:
             continue
-        if cmd[cmd.index("--port") + 1] in wanted:
+        if ("--port" in cmd and cmd[cmd.index("--port") + 1] in wanted) or ("--config" in cmd and proc.pid in listening):
             found.append(proc)
     return found
 

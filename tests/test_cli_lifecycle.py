@@ -37,8 +37,10 @@ def test_up_generate_chat_down(demo_inventory, tmp_path, smollm2_dir):
         assert "serving smollm2-135m-instruct at http://127.0.0.1:" in up.stdout
         assert len(leftovers(demo_inventory, home)) == 4, "three workers and the coordinator run"
 
+        before = {p.pid for p in leftovers(demo_inventory, home)}
         again = run_cli(["up", str(demo_inventory)], home, timeout=60)
-        assert again.returncode == 2 and "already up" in again.stderr
+        assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
+        assert {p.pid for p in leftovers(demo_inventory, home)} == before, "nothing restarted or started twice"
 
         tokenizer = PromptTokenizer(smollm2_dir)
         chat = run_cli(["generate", str(demo_inventory), QUESTION, "--max-tokens", "24"], home, timeout=120)

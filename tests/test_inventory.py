@@ -241,7 +241,7 @@ def test_model_name_must_be_a_string(tmp_path: Path) -> None:
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     problem = the_problem(valid(nodez=[]), tmp_path)
-    assert problem.startswith("inventory.nodez: unknown field (allowed: cluster, model, nodes, serve, pipeline, discovery)")
+    assert problem.startswith("inventory.nodez: unknown field (allowed: cluster, model, nodes, serve, pipeline, discovery, ssh)")
 
 
 def test_unknown_model_key(tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_unknown_model_key(tmp_path: Path) -> None:
 def test_unknown_node_key(tmp_path: Path) -> None:
     data = valid()
     data["nodes"][1]["memory"] = "16G"
-    assert the_problem(data, tmp_path) == "nodes[1].memory: unknown field (allowed: name, host, port, backend, weight, memory_limit, interface)"
+    assert the_problem(data, tmp_path) == "nodes[1].memory: unknown field (allowed: name, host, port, backend, weight, memory_limit, interface, ssh, metrics_port, model_path)"
 
 
 def test_unknown_serve_key(tmp_path: Path) -> None:
@@ -518,3 +518,47 @@ def test_inventory_error_is_a_value_error() -> None:
     assert isinstance(err, ValueError)
     assert err.problems == ["a", "b"]
     assert str(err) == "f.yaml is not a valid inventory:\n  - a\n  - b"
+
+
+# --- nodes deployed by SSH ---------------------------------------------------------------------
+
+
+def test_ssh_defaults_and_overrides(tmp_path: Path) -> None:
+    data = valid(
+        ssh={"user": "admin", "key": "~/.ssh/boltpipe", "install_dir": "/opt/boltpipe"},
+        nodes=[
+            {"name": "mini1", "host": "10.0.0.11", "port": 50061, "ssh": True},
+            {"name": "mini2", "host": "10.0.0.12", "port": 50061,
+             "ssh": {"host": "mini2.local", "port": 2222, "known_hosts": "accept-new"}, "metrics_port": 9100},
+            {"name": "local", "host": "127.0.0.1", "port": 50063},
+        ],
+    )
+    inv = parse_inventory(data, source=tmp_path / "inv.yaml")
+    mini1, mini2, local = inv.nodes
+    assert mini1.deployed and not mini1.is_local
+    assert (mini1.ssh.host, mini1.ssh.port, mini1.ssh.user, mini1.ssh.known_hosts) == ("10.0.0.11", 22, "admin", "strict")
+    assert mini1.ssh.install_dir == "/opt/boltpipe" and mini1.metrics_address == "10.0.0.11:51061"
+    assert (mini2.ssh.host, mini2.ssh.port, mini2.ssh.known_hosts, mini2.ssh.key) == ("mini2.local", 2222, "accept-new", "~/.ssh/boltpipe")
+    assert mini2.metrics_address == "10.0.0.12:9100"
+    assert local.is_local and not local.deployed
+
+
+def test_ssh_node_on_loopback_is_not_a_local_process(tmp_path: Path) -> None:
+    inv = parse_inventory(valid(nodes=[{"name": "a", "host": "127.0.0.1", "port": 50061, "ssh": {"port": 2201}}]),
+                          source=tmp_path / "inv.yaml")
+    assert inv.nodes[0].deployed and not inv.nodes[0].is_local
+
+
+def test_ssh_problems_are_named(tmp_path: Path) -> None:
+    problems = problems_of(valid(
+        ssh={"colour": "blue"},
+        nodes=[{"name": "a", "host": "10.0.0.1", "port": 1, "ssh": {"known_hosts": "yes", "port": 0}},
+               {"name": "b", "ssh": True},
+               {"name": "c", "host": "10.0.0.3", "port": 1, "ssh": "mini"}],
+    ), tmp_path)
+    text = "\n".join(problems)
+    assert "ssh.colour: unknown field" in text
+    assert "nodes[0].ssh.known_hosts: expected one of strict, accept-new, got 'yes'" in text
+    assert "nodes[0].ssh.port: expected a port number" in text
+    assert "nodes[1].ssh.host: required" in text
+    assert "nodes[2].ssh: expected true or a mapping" in text

@@ -16,7 +16,11 @@ from cluster.bringup import BringUpError, RunningCluster, bring_up
 from cluster.http_api import OpenAIServer, ServeLimits
 from cluster.inventory import Inventory, load_inventory
 from cluster.state import ClusterState, StateError, WorkerRecord, clear_state, live_state, read_state, run_dir_for
-from deploy.local import log_tail, pid_alive, port_in_use
+from cluster.node_health import serving_problems
+from cluster.ssh_deploy import DeployReport, deployed_nodes, deploy_workers
+from cluster.placement import format_bytes
+from deploy.prometheus_targets import TARGETS_FILE, targets, write_targets
+from deploy.local import log_tail, pid_alive, port_in_use, stop_pids
 
 DETACH_TIMEOUT_S = 900.0
 
@@ -26,17 +30,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inventory", help="inventory.yaml")
     p.add_argument("--detach", action="store_true", help="return once the cluster serves; stop it with `cluster down`")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # The detached coordinator: the SSH deployment was done by the `cluster up` that started it.
+    p.add_argument("--coordinator-only", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.inventory)
     run_dir = run_dir_for(inventory)
+    if deployed_nodes(inventory) and not args.coordinator_only:
+        report = asyncio.run(deploy_workers(inventory, run_dir, show_progress=not args.no_progress))
+        print_deploy_summary(report)
     if (state := live_state(run_dir)) is not None:
-        raise StateError(
-            f"the cluster of {args.inventory} is already up at {state.url} (coordinator pid {state.coordinator_pid}); "
-            f"run `cluster down {args.inventory}` first"
-        )
+        problems = asyncio.run(serving_problems(inventory))
+        if not problems:
+            print(f"boltpipe: the cluster of {args.inventory} is already up at {state.url}/v1 and every node serves "
+                  f"its slice; nothing to do (coordinator pid {state.coordinator_pid})")
+            return 0
+        print("boltpipe: " + "; ".join(problems) + ". Restarting the coordinator to load the slices again.", flush=True)
+        stop_pids([state.coordinator_pid], timeout_s=20.0)
+        clear_state(run_dir)
     if port_in_use(inventory.serve_host, inventory.serve_port):
         raise StateError(
             f"port {inventory.serve_port} on {inventory.serve_host} (serve.port) is already in use; "
@@ -47,19 +60,33 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(inventory, show_progress=not args.no_progress))
 
 
+def print_deploy_summary(report: DeployReport) -> None:
+    for name, node in report.nodes.items():
+        installed = "installed boltpipe" if node.installed else "boltpipe unchanged"
+        print(f"boltpipe: {name}: {installed}, worker {node.worker} ({node.manager}), "
+              f"sent {format_bytes(node.bytes_sent)} in {node.files_sent} file(s), {node.files_skipped} unchanged", flush=True)
+
+
 def _detach(args: argparse.Namespace, inventory: Inventory) -> int:
     """Run the foreground command in a new session with its output in a log file,
     and return once its state says it serves (or report why it did not)."""
     run_dir = run_dir_for(inventory)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "coordinator.log"
+    # On a terminal the coordinator's progress bars (loading, pushing weights) are shown here as they
+    # are written to its log.
+    forward = sys.stderr.isatty() and not args.no_progress
+    command = [sys.executable, "-m", "cluster", "up", str(inventory.source), "--coordinator-only"]
     with open(log_path, "wb") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "cluster", "up", str(inventory.source), "--no-progress"],
+            command + ([] if forward else ["--no-progress"]),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     deadline = time.monotonic() + DETACH_TIMEOUT_S
+    shown = 0
     while time.monotonic() < deadline:
+        if forward:
+            shown = _forward_log(log_path, shown)
         state = read_state(run_dir)
         if state is not None and state.coordinator_pid == child.pid and state.status == "ready":
             print(f"boltpipe: serving {state.model} at {state.url}/v1 (coordinator pid {child.pid}, log {log_path})")
@@ -70,6 +97,19 @@ def _detach(args: argparse.Namespace, inventory: Inventory) -> int:
         time.sleep(0.2)
     os.killpg(child.pid, signal.SIGTERM)
     raise BringUpError(f"the cluster was not serving after {DETACH_TIMEOUT_S:.0f} s; see {log_path}")
+
+
+def _forward_log(path, offset: int) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return offset
+    if data:
+        sys.stderr.buffer.write(data)
+        sys.stderr.flush()
+    return offset + len(data)
 
 
 async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
@@ -100,6 +140,8 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
             await web.TCPSite(runner, inventory.serve_host, inventory.serve_port).start()
         except OSError as exc:
             raise BringUpError(f"cannot serve on {inventory.serve_host}:{inventory.serve_port}: {exc.strerror}") from None
+        write_targets(run_dir / TARGETS_FILE, targets(inventory.name, {
+            n.name: n.metrics_address for n in inventory.nodes if n.metrics_address is not None}))
         state.model = cluster.model_name
         state.status = "ready"
         state.workers = [WorkerRecord(w.name, w.pid, w.port) for w in cluster.local_workers]
