@@ -611,7 +611,7 @@ class PreflightError(RuntimeError):
 
     def __init__(self, problems: dict[str, list[Finding]], table: str = ""):
         self.problems = problems
-        lines = [table, ""] if table else []
+        lines = ["what preflight found on each node:", table, ""] if table else []
         lines += [f"preflight failed on {len(problems)} node(s); fix these, then run `cluster up` again:"]
         for name, findings in problems.items():
             lines += [f"  {name}: {f.sentence()}" for f in findings]

@@ -55,9 +55,11 @@ class SshHost:
         return f"[127.0.0.1]:{self.port} {key[0]} {key[1]}\n"
 
 
-def start_sshd(name: str, directory: Path, authorized: list[Path], *, path_env: str | None = None) -> SshHost:
+def start_sshd(name: str, directory: Path, authorized: list[Path], *, path_env: str | None = None,
+               home_env: str | None = None) -> SshHost:
     """An sshd for the current user on 127.0.0.1. `path_env` replaces PATH in its sessions (a
-    machine without some program)."""
+    machine without some program); `home_env` gives them another home (no shell start-up files of
+    this machine's user, which could put programs back on PATH)."""
     directory.mkdir(parents=True, exist_ok=True)
     host_key = keygen(directory / "host_ed25519")
     auth = directory / "authorized_keys"
@@ -73,8 +75,10 @@ def start_sshd(name: str, directory: Path, authorized: list[Path], *, path_env: 
         f"AllowUsers {getpass.getuser()}", "Subsystem sftp internal-sftp", "LogLevel VERBOSE", "MaxSessions 50",
         "MaxStartups 50",
     ]
-    if path_env is not None:
-        lines.append(f"SetEnv PATH={path_env}")
+    settings = [f"PATH={path_env}"] if path_env is not None else []
+    settings += [f"HOME={home_env}"] if home_env is not None else []
+    if settings:
+        lines.append("SetEnv " + " ".join(settings))
     config.write_text("\n".join(lines) + "\n")
     log = open(directory / "sshd.log", "wb")
     process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
