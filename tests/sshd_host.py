@@ -65,7 +65,11 @@ def start_sshd(name: str, directory: Path, authorized: list[Path], *, path_env: 
     auth = directory / "authorized_keys"
     auth.write_text("".join(p.with_suffix(".pub").read_text() for p in authorized))
     auth.chmod(0o600)
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    try:
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    except OSError:
+        pass  # not root: sshd then says what it misses, in its log
+
     port = free_port()
     config = directory / "sshd_config"
     lines = [
