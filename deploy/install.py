@@ -67,7 +67,7 @@ def build_wheel(out_dir: Path) -> Wheel:
                 shutil.copy2(path, src / item)
         dist = Path(tmp) / "dist"
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
              "--disable-pip-version-check", "-w", str(dist), str(src)],
             capture_output=True, text=True, timeout=300,
         )

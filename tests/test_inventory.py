@@ -246,7 +246,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 def test_unknown_model_key(tmp_path: Path) -> None:
     problem = the_problem(valid(model={"gguf": BUNDLED_MODEL, "quant": "q4"}), tmp_path)
-    assert problem == "model.quant: unknown field (allowed: gguf, path, name)"
+    assert problem == "model.quant: unknown field (allowed: gguf, path, name, hf, revision)"
 
 
 def test_unknown_node_key(tmp_path: Path) -> None:
@@ -562,3 +562,11 @@ def test_ssh_problems_are_named(tmp_path: Path) -> None:
     assert "nodes[0].ssh.port: expected a port number" in text
     assert "nodes[1].ssh.host: required" in text
     assert "nodes[2].ssh: expected true or a mapping" in text
+
+
+def test_model_from_the_hub_needs_a_local_copy_for_the_coordinator(tmp_path: Path) -> None:
+    inv = parse_inventory(valid(model={"path": "m", "hf": "mlx-community/Llama-3.2-3B-Instruct-4bit", "revision": "main"}),
+                          source=tmp_path / "inv.yaml")
+    assert inv.model.hf == "mlx-community/Llama-3.2-3B-Instruct-4bit" and inv.model.revision == "main"
+    assert "model.hf: also give `path`" in the_problem(valid(model={"gguf": BUNDLED_MODEL, "hf": "a/b"}), tmp_path)
+    assert "expected a Hugging Face repository" in the_problem(valid(model={"path": "m", "hf": "no slash"}), tmp_path)
