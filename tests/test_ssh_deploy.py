@@ -111,6 +111,9 @@ def test_up_twice_status_kill_logs_down(ssh_cluster, smollm2_dir):
           + ", ".join(f"{n}: {r['bytes_sent']} (weights {r['weight_bytes_sent']})" for n, r in report.items())
           + f"; model {total} bytes")
     assert _complete(serve_port) == expected
+    for d in install_dirs:  # the worker's settings (later its auth material) are the user's alone
+        settings = d / "workers" / f"w{install_dirs.index(d) + 1}.json"
+        assert settings.stat().st_mode & 0o077 == 0, oct(settings.stat().st_mode)
     workers_before = {p.pid for p in worker_processes(ports)}
     assert len(workers_before) == 3
 
