@@ -158,7 +158,7 @@ async def push_weights(inventory: Inventory, model: ModelInfo, plan: ClusterPlan
         async def one(i: int, stage) -> tuple[str, str]:
             node = connections[stage.node]
             entry = report.nodes.setdefault(stage.node, NodeReport())
-            before = node.counters.bytes_sent
+            entry.weight_bytes_sent = 0  # nothing is pushed for a model on the node or one it fetches
             if stage.spec.model_path:
                 entry.weights_dir = await check_remote_model(node, stage.spec.model_path)
             elif inventory.model.hf:
@@ -174,7 +174,7 @@ async def push_weights(inventory: Inventory, model: ModelInfo, plan: ClusterPlan
                 finally:
                     bar.close()
                 entry.weights_dir, entry.shard_bytes = pushed.remote_dir, pushed.total_bytes
-            entry.weight_bytes_sent = node.counters.bytes_sent - before
+                entry.weight_bytes_sent = pushed.pushed_bytes
             entry.bytes_sent += entry.weight_bytes_sent
             entry.files_sent += node.counters.files_sent
             entry.files_skipped += node.counters.files_skipped

@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import pidfile_service
 from deploy.ssh import NodeConnection, quote
 from deploy.shards import file_sha256
 from deploy.transfer import push_file
@@ -80,7 +81,7 @@ def build_wheel(out_dir: Path) -> Wheel:
 
 
 def venv_python(node: NodeConnection) -> str:
-    return f"{node.install_dir}/venv/bin/python"
+    return pidfile_service.venv_python(node.install_dir)
 
 
 async def installed_hash(node: NodeConnection) -> str | None:

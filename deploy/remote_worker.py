@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from deploy.install import venv_python
 from deploy.probe import PROBE_SCRIPT, NodeProbe, parse_probe
 from deploy.services import ServicePlan, ServiceStatus, parse_status, service_plan
 from deploy.ssh import NodeConnection, quote
@@ -47,7 +48,7 @@ def _paths(node: NodeConnection, name: str) -> tuple[str, str]:
 
 def _plan(node: NodeConnection, manager: str, name: str) -> ServicePlan:
     config, _ = _paths(node, name)
-    argv = [f"{node.install_dir}/venv/bin/python", "-m", "node", "--config", config]
+    argv = [venv_python(node), "-m", "node", "--config", config]
     return service_plan(manager, name, argv, node.install_dir, node.home)
 
 
@@ -68,11 +69,11 @@ async def ensure_worker(node: NodeConnection, settings: WorkerSettings, manager:
     config_path, service_path = _paths(node, settings.name)
     config = json.dumps(asdict(settings), indent=2, sort_keys=True) + "\n"
     record = json.dumps({"manager": manager}) + "\n"
-    changed = await _read(node, config_path) != config or await _read(node, service_path) != record
-    plan = _plan(node, manager, settings.name)
-    if not changed and (await status(node, settings.name)).running:
-        return "running"
     old = await _read(node, service_path)
+    changed = await _read(node, config_path) != config or old != record
+    plan = _plan(node, manager, settings.name)
+    if not changed and (await _manager_status(node, manager, settings.name)).running:
+        return "running"
     if old and old != record:  # another manager ran it before: remove that one first
         await remove(node, settings.name)
     await _write_private(node, config_path, config)
@@ -95,6 +96,10 @@ async def status(node: NodeConnection, name: str) -> ServiceStatus:
     manager = await recorded_manager(node, name)
     if manager is None:
         return ServiceStatus(False, None, "not installed")
+    return await _manager_status(node, manager, name)
+
+
+async def _manager_status(node: NodeConnection, manager: str, name: str) -> ServiceStatus:
     result = await node.run(_plan(node, manager, name).status_cmd, check=False)
     return parse_status(manager, str(result.stdout or ""))
 
