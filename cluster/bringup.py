@@ -18,6 +18,7 @@ from tqdm import tqdm
 from cluster import paths
 from cluster.admission import Admission
 from cluster.cluster_plan import ClusterPlan, PlannedStage, make_plan
+from cluster.coordinator_metrics import CoordinatorMetrics
 from cluster.discovery import Browser, DiscoveryTimeout
 from cluster.engine import Engine
 from cluster.inventory import METRICS_PORT_OFFSET, Inventory
@@ -51,6 +52,7 @@ class RunningCluster:
     client: PipelineClient
     engine: Engine
     admission: Admission
+    metrics: CoordinatorMetrics
     infos: list[pb.NodeInfo] = field(default_factory=list)
     browser: Browser | None = None                         # open while Bonjour nodes are watched
     vanished: set[str] = field(default_factory=set)         # serving nodes no longer advertised
@@ -113,6 +115,7 @@ async def _load_slices(
             # Room beyond the coordinator's own limit for sessions still being ended.
             max_sessions=2 * plan.max_sessions,
             kv_budget_bytes=plan.kv_budget_bytes(stage),
+            memory_limit_bytes=stage.placement.budget_bytes,
         )
         async with grpc.aio.insecure_channel(stage.facts.address, options=grpc_options()) as channel:
             try:
@@ -187,8 +190,10 @@ async def bring_up(
         tokenizer = await asyncio.to_thread(PromptTokenizer, model.path)
         engine = Engine(client, tokenizer, prefill_chunk=inventory.prefill_chunk, vocab_size=model.vocab_size)
         admission = Admission(plan.max_sessions, inventory.max_queue, inventory.queue_timeout_s)
-        return RunningCluster(inventory, model, model_name, plan, workers, client, engine, admission, infos,
-                              browser, vanished)
+        metrics = CoordinatorMetrics(model_name, admission)
+        client.on_return_hop = metrics.observe_return_hop
+        return RunningCluster(inventory, model, model_name, plan, workers, client, engine, admission, metrics,
+                              infos, browser, vanished)
     except BaseException:
         if client is not None:
             await client.close()

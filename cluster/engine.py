@@ -7,7 +7,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from cluster.pipeline_client import PipelineClient, PipelineError
 from cluster.text_stream import IncrementalDecoder, StopMatcher
@@ -88,10 +88,12 @@ class Engine:
         self.step_timeout_s = step_timeout_s
         self.vocab_size = vocab_size
 
-    async def tokens(self, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TokenStep]:
+    async def tokens(self, prompt_ids: Sequence[int], params: GenerationParams,
+                     on_token: Callable[[], None] | None = None) -> AsyncIterator[TokenStep]:
         """Sampled tokens, eos included, until eos or max_tokens. The prompt, all but
         its last token, goes through in chunks; the last token's step samples the
-        first new token (mlx-lm's order, so the numbers match one process)."""
+        first new token (mlx-lm's order, so the numbers match one process).
+        `on_token` is called as each token arrives (metrics), before it is passed on."""
         if not prompt_ids:
             raise ValueError("the prompt is empty")
         session_id = uuid.uuid4().hex
@@ -107,6 +109,7 @@ class Engine:
                 step_id += 1
                 position += len(chunk)
             next_input = prompt_ids[-1]
+            first_token_step = step_id
             eos = self.tokenizer.eos_token_ids
             for _ in range(params.max_tokens):
                 sent_ns = time.time_ns()
@@ -118,12 +121,15 @@ class Engine:
                         token_ids=[next_input],
                         want_token=True,
                         sampling=sampling,
+                        decode=step_id > first_token_step,
                     )
                 )
                 wanted = step_id
                 step_id += 1
                 position += 1
                 result = await self._result_for(results, wanted)
+                if on_token is not None:
+                    on_token()
                 token = TokenStep(
                     token_id=result.token_id,
                     logprob=result.logprob,
@@ -154,7 +160,8 @@ class Engine:
             if result.step_id == step_id:
                 return result
 
-    async def text(self, prompt_ids: Sequence[int], params: GenerationParams) -> AsyncIterator[TextDelta | Finish]:
+    async def text(self, prompt_ids: Sequence[int], params: GenerationParams,
+                   on_token: Callable[[], None] | None = None) -> AsyncIterator[TextDelta | Finish]:
         """Text deltas (eos and stop strings never appear), then one Finish."""
         decoder = IncrementalDecoder(self.tokenizer)
         stops = StopMatcher(params.stop)
@@ -164,7 +171,7 @@ class Engine:
         hit_stop_string = False
         started = time.monotonic()
         prefill_s = 0.0
-        steps = self.tokens(prompt_ids, params)
+        steps = self.tokens(prompt_ids, params, on_token)
         unsent: list[TokenStep] = []
         try:
             async for token in steps:

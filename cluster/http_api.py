@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cluster.admission import Admission, AdmissionRefused
+from cluster.coordinator_metrics import CoordinatorMetrics, RequestTimer
 from cluster.engine import Engine, Finish, TextDelta, TokenStep
 from cluster.openai_responses import ResponseShaper
 from cluster.openai_shapes import ParsedRequest, RequestError, error_body, now, parse_request
@@ -51,16 +54,19 @@ class ServeLimits:
 
 
 class OpenAIServer:
-    def __init__(self, engine: Engine, model_name: str, admission: Admission, limits: ServeLimits):
+    def __init__(self, engine: Engine, model_name: str, admission: Admission, metrics: CoordinatorMetrics,
+                 limits: ServeLimits):
         self.engine = engine
         self.model_name = model_name
         self.admission = admission
+        self.metrics = metrics
         self.limits = limits
         self.created = now()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[openai_errors])
         app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
@@ -80,6 +86,12 @@ class OpenAIServer:
         if vanished:
             body["nodes_vanished"] = vanished
         return web.json_response(body, status=503 if vanished else 200)
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        # Always the plain text format: prometheus_client's OpenMetrics output loses the colon of
+        # `boltpipe:` sample names (client_python#1177), and Prometheus would then store them renamed.
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _model_card(self) -> dict:
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "boltpipe",
@@ -111,13 +123,16 @@ class OpenAIServer:
         return tokenizer.encode_text(parsed.prompt)
 
     async def _handle(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        arrived = time.monotonic()
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
+            self.metrics.failed("invalid_request")
             return error_response(400, "the request body is not valid JSON")
         try:
             parsed = parse_request(body, chat=chat, default_max_tokens=DEFAULT_MAX_TOKENS)
             if parsed.model and parsed.model != self.model_name:
+                self.metrics.failed("invalid_request")
                 return error_response(404, f"the model {parsed.model!r} does not exist; this server serves "
                                       f"{self.model_name!r}", param="model", kind="not_found_error",
                                       code="model_not_found")
@@ -135,41 +150,55 @@ class OpenAIServer:
                     "messages" if chat else "prompt", code="context_length_exceeded")
             parsed.params.max_tokens = min(parsed.params.max_tokens, context - len(prompt_ids))
         except RequestError as exc:
+            self.metrics.failed("invalid_request")
             return error_response(exc.status, str(exc), param=exc.param, code=exc.code)
+        timer = self.metrics.request(arrived, len(prompt_ids))
         try:
             async with self.admission.slot():
+                timer.admitted()
                 shaper = ResponseShaper(chat=chat, model=self.model_name, decode=self.engine.tokenizer.decode,
                                         want_logprobs=parsed.want_logprobs)
                 if parsed.stream:
-                    return await self._stream(request, parsed, prompt_ids, shaper)
-                return await self._complete(parsed, prompt_ids, shaper)
+                    return await self._stream(request, parsed, prompt_ids, shaper, timer)
+                return await self._complete(parsed, prompt_ids, shaper, timer)
         except AdmissionRefused as exc:
+            timer.failed("rejected" if exc.status == 429 else "queue_timeout")
             return error_response(exc.status, str(exc), kind="server_overloaded" if exc.status == 503 else "rate_limit_exceeded",
                                   code="server_busy", headers={"Retry-After": str(exc.retry_after_s)})
+        except (asyncio.CancelledError, ConnectionResetError):
+            timer.finished("abort")  # the client left
+            raise
+        except Exception:
+            timer.failed("internal")
+            raise
 
-    async def _complete(self, parsed: ParsedRequest, prompt_ids: list[int], shaper: ResponseShaper) -> web.Response:
+    async def _complete(self, parsed: ParsedRequest, prompt_ids: list[int], shaper: ResponseShaper,
+                        timer: RequestTimer) -> web.Response:
         text: list[str] = []
         tokens: list[TokenStep] = []
         finish: Finish | None = None
         try:
             async with asyncio.timeout(self.limits.request_timeout_s):
-                async for event in self.engine.text(prompt_ids, parsed.params):
+                async for event in self.engine.text(prompt_ids, parsed.params, timer.token):
                     if isinstance(event, TextDelta):
                         text.append(event.text)
                         tokens.extend(event.tokens)
                     else:
                         finish = event
         except TimeoutError:
+            timer.failed("deadline")
             return error_response(504, f"the request ran past its deadline of {self.limits.request_timeout_s:g} s "
                                   "(serve.request_timeout_s)", kind="timeout_error", code="deadline_exceeded")
         except PipelineError as exc:
+            timer.failed("pipeline_error")
             return error_response(503, f"generation failed: {exc}", kind="server_error")
         assert finish is not None
+        timer.finished(finish.reason)
         return web.json_response(shaper.complete("".join(text), tokens, finish.reason, finish.prompt_tokens,
                                                  finish.completion_tokens))
 
     async def _stream(self, request: web.Request, parsed: ParsedRequest, prompt_ids: list[int],
-                      shaper: ResponseShaper) -> web.StreamResponse:
+                      shaper: ResponseShaper, timer: RequestTimer) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
 
@@ -180,20 +209,24 @@ class OpenAIServer:
             if (first := shaper.first_chunk()) is not None:
                 await send(first)
             async with asyncio.timeout(self.limits.request_timeout_s):
-                async for event in self.engine.text(prompt_ids, parsed.params):
+                async for event in self.engine.text(prompt_ids, parsed.params, timer.token):
                     if isinstance(event, TextDelta):
                         await send(shaper.delta_chunk(event.text, event.tokens))
                     else:
+                        timer.finished(event.reason)
                         await send(shaper.finish_chunk(event.reason))
                         if parsed.include_usage:
                             await send(shaper.usage_chunk(event.prompt_tokens, event.completion_tokens))
         except TimeoutError:
+            timer.failed("deadline")
             await send(error_body(f"the request ran past its deadline of {self.limits.request_timeout_s:g} s",
                                   kind="timeout_error", code="deadline_exceeded"))
         except PipelineError as exc:
+            timer.failed("pipeline_error")
             await send(error_body(f"generation failed: {exc}", kind="server_error"))
         except ConnectionResetError:
             # The client left; leaving the engine's generator above has ended the session.
+            timer.finished("abort")
             return response
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

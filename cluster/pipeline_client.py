@@ -1,17 +1,21 @@
 """The coordinator's end of the data plane: one Steps stream into stage 0 and a
 Results subscription on every stage (tokens come from the last stage, errors from
-whichever stage failed)."""
+whichever stage failed). It keeps an estimate of every stage's clock, so the hop into stage 0
+and the hop back from the last stage can be timed (node.clock_sync)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 
+from node import sysinfo
+from node.clock_sync import ClockOffset, sync_clock
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 from proto import grpc_options
@@ -42,6 +46,9 @@ class PipelineClient:
         self._tasks: list[asyncio.Task] = []
         self._subscribed: list[asyncio.Event] = []
         self._closed = False
+        self.clocks = [ClockOffset() for _ in stages]
+        # Called with (phase, nanoseconds) for every result whose hop back could be timed.
+        self.on_return_hop: Callable[[str, int], None] | None = None
 
     async def start(self, timeout: float = 10.0) -> None:
         for index, stub in enumerate(self.stubs):
@@ -49,6 +56,9 @@ class PipelineClient:
             self._subscribed.append(ready)
             self._tasks.append(asyncio.create_task(self._read_results(index, stub, ready)))
         self._tasks.append(asyncio.create_task(self._send_steps()))
+        machine_id = sysinfo.machine_id()
+        self._tasks.extend(asyncio.create_task(sync_clock(stub, clock, machine_id))
+                           for stub, clock in zip(self.stubs, self.clocks))
         # Results must be subscribed before the first step can produce one.
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._subscribed)), timeout)
 
@@ -74,7 +84,10 @@ class PipelineClient:
             # The initial metadata arrives once the worker has registered us.
             await call.initial_metadata()
             ready.set()
+            last = index == len(self.stubs) - 1
             async for result in call:
+                if last and result.timings:
+                    self._time_return_hop(result, time.time_ns())
                 queue = self._sessions.get(result.session_id)
                 if queue is not None:
                     queue.put_nowait(result)
@@ -83,6 +96,14 @@ class PipelineClient:
                 self._fail_all(f"results stream from stage {index} ({self.stages[index].name}) broke: {exc.code().name}")
         except asyncio.CancelledError:
             pass
+
+    def _time_return_hop(self, result: pb.StepResult, recv_ns: int) -> None:
+        clock, sent = self.clocks[-1], result.timings[-1]
+        if self.on_return_hop is None or not clock.known or not sent.send_ns:
+            return
+        # The last stage's clock reads offset_ns ahead of ours.
+        hop = max(0, recv_ns - (sent.send_ns - clock.offset_ns))
+        self.on_return_hop("decode" if result.decode else "prefill", hop)
 
     def _fail_all(self, message: str) -> None:
         log.error(message)
@@ -96,6 +117,10 @@ class PipelineClient:
 
     def send(self, step: pb.Step) -> None:
         step.reply_to = self.reply_to
+        # Stage -1 is the coordinator: stage 0 times the hop from this send.
+        timing = step.timings.add(stage=-1)
+        self.clocks[0].stamp(timing)
+        timing.send_ns = time.time_ns()
         self._outbox.put_nowait(step)
 
     async def end_session(self, session_id: str, timeout: float = 5.0) -> None:

@@ -8,6 +8,7 @@ from typing import AsyncIterator, Callable
 
 import grpc
 
+from node.clock_sync import ClockOffset, sync_clock
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 from proto import grpc_options
@@ -18,14 +19,20 @@ log = logging.getLogger(__name__)
 class NextStageLink:
     """Opens one stream to the next stage and reuses it for every step. When the
     stream breaks, steps that could not be handed over are reported through
-    `on_lost` and the next send opens a new stream."""
+    `on_lost` and the next send opens a new stream. While open, it keeps an estimate
+    of the next stage's clock (`clock`), which every step sent carries for hop timing."""
 
-    def __init__(self, address: str, on_lost: Callable[[pb.Step, str], None]):
+    def __init__(self, address: str, on_lost: Callable[[pb.Step, str], None], *, machine_id: str = "",
+                 on_refused: Callable[[str], None] | None = None):
         self.address = address
         self._on_lost = on_lost
+        self._on_refused = on_refused
+        self._machine_id = machine_id
+        self.clock = ClockOffset()
         self._channel: grpc.aio.Channel | None = None
         self._queue: asyncio.Queue[pb.Step | None] | None = None
         self._reader: asyncio.Task | None = None
+        self._clock_sync: asyncio.Task | None = None
 
     def _open(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.address, options=grpc_options())
@@ -34,6 +41,9 @@ class NextStageLink:
         self._queue = queue
         call = stub.Steps(self._drain(queue))
         self._reader = asyncio.create_task(self._read_acks(call, queue))
+        if self._clock_sync is not None:
+            self._clock_sync.cancel()
+        self._clock_sync = asyncio.create_task(sync_clock(stub, self.clock, self._machine_id))
 
     async def _drain(self, queue: asyncio.Queue) -> AsyncIterator[pb.Step]:
         while (step := await queue.get()) is not None:
@@ -44,6 +54,8 @@ class NextStageLink:
             async for ack in call:
                 if ack.error:
                     log.warning("next stage %s refused a step: %s", self.address, ack.error)
+                    if self._on_refused is not None:
+                        self._on_refused(ack.error)
             reason = "stream closed"
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
@@ -67,8 +79,9 @@ class NextStageLink:
         if self._queue is not None:
             self._queue.put_nowait(None)
             self._queue = None
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in (self._reader, self._clock_sync):
+            if task is not None:
+                task.cancel()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -16,6 +16,7 @@ import grpc
 import node
 from node import sysinfo
 from node.advertise import listening_interfaces
+from node.clock_sync import hop_ns
 from node.interfaces import local_interfaces
 from node.model_config import read_model_info
 from node.next_stage import NextStageLink
@@ -24,6 +25,7 @@ from node.sessions import SessionStore
 from node.stage_model import LayerRange, load_stage
 from node.stage_runner import StageRunner, StepError
 from node.step_queue import StepQueue
+from node.worker_metrics import WorkerMetrics, step_tokens
 from proto import PROTOCOL_VERSION
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
@@ -62,6 +64,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.loading = False
         self._inbox: StepQueue[tuple[pb.Step, int]] = StepQueue()
         self._tasks: list[asyncio.Task] = []
+        self.metrics = WorkerMetrics(node_id)
+        self.metrics_port = 0  # set by worker_main when the endpoint listens
 
     def start_background(self) -> None:
         self._tasks.append(asyncio.create_task(self._compute_loop()))
@@ -98,12 +102,16 @@ class WorkerService(pb_grpc.WorkerServicer):
             machine_id=self._machine_id,
             recent_step_ms=statistics.median(self._recent_ms) if self._recent_ms else 0.0,
             steps_done=self._steps_done,
+            metrics_port=self.metrics_port,
             interfaces=[pb.NetInterface(name=i.name, address=i.address, prefix_len=i.prefix_len, kind=i.kind)
                         for i in listening_interfaces(self.listen_host, local_interfaces())],
         )
 
     async def GetInfo(self, request, context):
         return self.info()
+
+    async def Clock(self, request, context):
+        return pb.ClockReply(recv_ns=time.time_ns(), machine_id=self._machine_id, send_ns=time.time_ns())
 
     async def Health(self, request, context):
         status = "loading" if self.loading else ("serving" if self.slice else "empty")
@@ -156,8 +164,11 @@ class WorkerService(pb_grpc.WorkerServicer):
             except Exception as exc:  # the message is for the person running `cluster up`
                 log.exception("loading %s failed", spec.model_path)
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load slice: {exc}")
-            link = NextStageLink(spec.next_address, self._report_lost) if spec.next_address else None
+            link = (NextStageLink(spec.next_address, self._report_lost, machine_id=self._machine_id,
+                                  on_refused=lambda _: self.metrics.error("refused_by_next_stage"))
+                    if spec.next_address else None)
             self.slice = LoadedSlice(spec, runner, link)
+            self.metrics.set_stage(spec.stage_index)
             yield pb.LoadProgress(phase="ready", info=self.info())
         finally:
             self.loading = False
@@ -184,11 +195,14 @@ class WorkerService(pb_grpc.WorkerServicer):
 
     async def Steps(self, request_iterator, context):
         async for step in request_iterator:
+            recv_ns = time.time_ns()
             if self.slice is None:
+                self.metrics.error("no_slice")
                 yield pb.StepAck(error="no slice loaded")
                 self._report(step, "worker has no slice loaded")
                 continue
-            self._inbox.put(step.session_id, (step, time.time_ns()), small=self._is_small(step))
+            self.metrics.received_step(step, recv_ns, hop_ns(step.timings[-1], recv_ns) if step.timings else None)
+            self._inbox.put(step.session_id, (step, recv_ns), small=self._is_small(step))
 
     async def Results(self, request: pb.ResultsRequest, context):
         queue = self.hub.subscribe(request.reply_to)
@@ -212,12 +226,12 @@ class WorkerService(pb_grpc.WorkerServicer):
         )
 
     def _report_lost(self, step: pb.Step, error: str) -> None:
+        self.metrics.error("next_stage_unreachable")
         self._report(step, error)
 
     @staticmethod
     def _is_small(step: pb.Step) -> bool:
-        tokens = len(step.token_ids) or (step.hidden.shape[1] if len(step.hidden.shape) == 3 else 0)
-        return 0 < tokens <= INLINE_STEP_TOKENS
+        return 0 < step_tokens(step) <= INLINE_STEP_TOKENS
 
     @staticmethod
     def _timed_run(runner: StageRunner, step: pb.Step):
@@ -239,6 +253,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             step, recv_ns = await self._inbox.get()
             current = self.slice
             if current is None:
+                self.metrics.error("no_slice")
                 self._report(step, "worker has no slice loaded")
                 continue
             timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns)
@@ -252,38 +267,45 @@ class WorkerService(pb_grpc.WorkerServicer):
                         self.compute, self._timed_run, current.runner, step
                     )
             except StepError as exc:
+                self.metrics.error("invalid_step")
                 self._fail_session(current, step, str(exc))
                 continue
             except Exception as exc:  # never let one bad step stop the worker
                 log.exception("step failed")
+                self.metrics.error("internal")
                 self._fail_session(current, step, f"internal error: {exc}")
                 continue
             self._steps_done += 1
+            self.metrics.computed(step, timing, sampled=out.token is not None)
             if self._is_small(step):
                 self._recent_ms.append((timing.compute_end_ns - timing.compute_start_ns) / 1e6)
             timings = list(step.timings) + [timing]
             if current.link is None:
                 timing.send_ns = time.time_ns()
-                result = pb.StepResult(session_id=step.session_id, step_id=step.step_id, token_id=-1, timings=timings)
+                result = pb.StepResult(session_id=step.session_id, step_id=step.step_id, token_id=-1, timings=timings,
+                                       decode=step.decode)
                 if out.token is not None:
                     result.token_id = out.token.token_id
                     result.logprob = out.token.logprob
                     result.top_logprobs.extend(pb.TopLogprob(token_id=t, logprob=lp) for t, lp in out.token.top)
+                self.metrics.sent_message(result)
                 self.hub.publish(step.reply_to, result)
             else:
+                current.link.clock.stamp(timing)
                 timing.send_ns = time.time_ns()
-                current.link.send(
-                    pb.Step(
-                        session_id=step.session_id,
-                        step_id=step.step_id,
-                        position=step.position,
-                        hidden=out.hidden,
-                        want_token=step.want_token,
-                        sampling=step.sampling,
-                        reply_to=step.reply_to,
-                        timings=timings,
-                    )
+                forward = pb.Step(
+                    session_id=step.session_id,
+                    step_id=step.step_id,
+                    position=step.position,
+                    hidden=out.hidden,
+                    want_token=step.want_token,
+                    sampling=step.sampling,
+                    reply_to=step.reply_to,
+                    timings=timings,
+                    decode=step.decode,
                 )
+                self.metrics.sent_message(forward)
+                current.link.send(forward)
 
     async def _sweep_idle(self) -> None:
         while True:

@@ -74,6 +74,7 @@ async def serve(args: argparse.Namespace) -> int:
     if args.metrics_port:
         try:
             start_metrics_server(args.metrics_port, args.host, args.name, service)
+            service.metrics_port = args.metrics_port
         except OSError as exc:  # metrics are worth a warning, not a worker that cannot serve
             log.warning("no metrics endpoint: cannot listen on %s:%d: %s", args.host, args.metrics_port, exc.strerror)
     print(f"{WORKER_READY_MARKER} name={args.name} port={port} pid={os.getpid()}", flush=True)

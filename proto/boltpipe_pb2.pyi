@@ -21,7 +21,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces", "recent_step_ms", "steps_done")
+    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces", "recent_step_ms", "steps_done", "metrics_port")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOLTPIPE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class NodeInfo(_message.Message):
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
     RECENT_STEP_MS_FIELD_NUMBER: _ClassVar[int]
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boltpipe_version: str
     protocol_version: int
@@ -62,7 +63,8 @@ class NodeInfo(_message.Message):
     interfaces: _containers.RepeatedCompositeFieldContainer[NetInterface]
     recent_step_ms: float
     steps_done: int
-    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., recent_step_ms: _Optional[float] = ..., steps_done: _Optional[int] = ...) -> None: ...
+    metrics_port: int
+    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., recent_step_ms: _Optional[float] = ..., steps_done: _Optional[int] = ..., metrics_port: _Optional[int] = ...) -> None: ...
 
 class NetInterface(_message.Message):
     __slots__ = ("name", "address", "prefix_len", "kind")
@@ -77,7 +79,7 @@ class NetInterface(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., prefix_len: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class SliceSpec(_message.Message):
-    __slots__ = ("model_path", "layer_start", "layer_end", "num_layers", "stage_index", "num_stages", "next_address", "backend", "max_sessions", "kv_budget_bytes", "model_id")
+    __slots__ = ("model_path", "layer_start", "layer_end", "num_layers", "stage_index", "num_stages", "next_address", "backend", "max_sessions", "kv_budget_bytes", "model_id", "memory_limit_bytes")
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     LAYER_START_FIELD_NUMBER: _ClassVar[int]
     LAYER_END_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +91,7 @@ class SliceSpec(_message.Message):
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     KV_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_path: str
     layer_start: int
     layer_end: int
@@ -100,7 +103,8 @@ class SliceSpec(_message.Message):
     max_sessions: int
     kv_budget_bytes: int
     model_id: str
-    def __init__(self, model_path: _Optional[str] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., num_layers: _Optional[int] = ..., stage_index: _Optional[int] = ..., num_stages: _Optional[int] = ..., next_address: _Optional[str] = ..., backend: _Optional[str] = ..., max_sessions: _Optional[int] = ..., kv_budget_bytes: _Optional[int] = ..., model_id: _Optional[str] = ...) -> None: ...
+    memory_limit_bytes: int
+    def __init__(self, model_path: _Optional[str] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., num_layers: _Optional[int] = ..., stage_index: _Optional[int] = ..., num_stages: _Optional[int] = ..., next_address: _Optional[str] = ..., backend: _Optional[str] = ..., max_sessions: _Optional[int] = ..., kv_budget_bytes: _Optional[int] = ..., model_id: _Optional[str] = ..., memory_limit_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadProgress(_message.Message):
     __slots__ = ("phase", "done", "total", "message", "info")
@@ -159,21 +163,39 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
 
 class StageTiming(_message.Message):
-    __slots__ = ("stage", "recv_ns", "compute_start_ns", "compute_end_ns", "send_ns")
+    __slots__ = ("stage", "recv_ns", "compute_start_ns", "compute_end_ns", "send_ns", "next_clock_offset_ns", "next_clock_known")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     RECV_NS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_START_NS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_END_NS_FIELD_NUMBER: _ClassVar[int]
     SEND_NS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CLOCK_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CLOCK_KNOWN_FIELD_NUMBER: _ClassVar[int]
     stage: int
     recv_ns: int
     compute_start_ns: int
     compute_end_ns: int
     send_ns: int
-    def __init__(self, stage: _Optional[int] = ..., recv_ns: _Optional[int] = ..., compute_start_ns: _Optional[int] = ..., compute_end_ns: _Optional[int] = ..., send_ns: _Optional[int] = ...) -> None: ...
+    next_clock_offset_ns: int
+    next_clock_known: bool
+    def __init__(self, stage: _Optional[int] = ..., recv_ns: _Optional[int] = ..., compute_start_ns: _Optional[int] = ..., compute_end_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., next_clock_offset_ns: _Optional[int] = ..., next_clock_known: _Optional[bool] = ...) -> None: ...
+
+class ClockRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClockReply(_message.Message):
+    __slots__ = ("recv_ns", "send_ns", "machine_id")
+    RECV_NS_FIELD_NUMBER: _ClassVar[int]
+    SEND_NS_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    recv_ns: int
+    send_ns: int
+    machine_id: str
+    def __init__(self, recv_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., machine_id: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("session_id", "step_id", "position", "token_ids", "hidden", "want_token", "sampling", "reply_to", "timings")
+    __slots__ = ("session_id", "step_id", "position", "token_ids", "hidden", "want_token", "sampling", "reply_to", "timings", "decode")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +205,7 @@ class Step(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step_id: int
     position: int
@@ -192,7 +215,8 @@ class Step(_message.Message):
     sampling: SamplingParams
     reply_to: str
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
-    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., want_token: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., reply_to: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ...) -> None: ...
+    decode: bool
+    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., want_token: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., reply_to: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., decode: _Optional[bool] = ...) -> None: ...
 
 class TopLogprob(_message.Message):
     __slots__ = ("token_id", "logprob")
@@ -203,7 +227,7 @@ class TopLogprob(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., logprob: _Optional[float] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("session_id", "step_id", "token_id", "logprob", "top_logprobs", "timings", "error", "failed_stage")
+    __slots__ = ("session_id", "step_id", "token_id", "logprob", "top_logprobs", "timings", "error", "failed_stage", "decode")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +236,7 @@ class StepResult(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step_id: int
     token_id: int
@@ -220,7 +245,8 @@ class StepResult(_message.Message):
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     error: str
     failed_stage: int
-    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., error: _Optional[str] = ..., failed_stage: _Optional[int] = ...) -> None: ...
+    decode: bool
+    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., error: _Optional[str] = ..., failed_stage: _Optional[int] = ..., decode: _Optional[bool] = ...) -> None: ...
 
 class StepAck(_message.Message):
     __slots__ = ("error",)

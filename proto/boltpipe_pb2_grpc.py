@@ -64,6 +64,11 @@ class WorkerStub:
                 request_serializer=proto_dot_boltpipe__pb2.ResultsRequest.SerializeToString,
                 response_deserializer=proto_dot_boltpipe__pb2.StepResult.FromString,
                 _registered_method=True)
+        self.Clock = channel.unary_unary(
+                '/boltpipe.v1.Worker/Clock',
+                request_serializer=proto_dot_boltpipe__pb2.ClockRequest.SerializeToString,
+                response_deserializer=proto_dot_boltpipe__pb2.ClockReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -108,6 +113,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Clock(self, request, context):
+        """Clock readings for hop timing across machines whose clocks differ.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +152,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Results,
                     request_deserializer=proto_dot_boltpipe__pb2.ResultsRequest.FromString,
                     response_serializer=proto_dot_boltpipe__pb2.StepResult.SerializeToString,
+            ),
+            'Clock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Clock,
+                    request_deserializer=proto_dot_boltpipe__pb2.ClockRequest.FromString,
+                    response_serializer=proto_dot_boltpipe__pb2.ClockReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +321,33 @@ class Worker:
             '/boltpipe.v1.Worker/Results',
             proto_dot_boltpipe__pb2.ResultsRequest.SerializeToString,
             proto_dot_boltpipe__pb2.StepResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Clock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/boltpipe.v1.Worker/Clock',
+            proto_dot_boltpipe__pb2.ClockRequest.SerializeToString,
+            proto_dot_boltpipe__pb2.ClockReply.FromString,
             options,
             channel_credentials,
             insecure,

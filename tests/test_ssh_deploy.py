@@ -136,9 +136,9 @@ def test_up_twice_status_kill_logs_down(ssh_cluster, smollm2_dir):
     assert rows["w1"]["layers"] == "[0,10)" and rows["w1"]["step_ms"] > 0
 
     targets = json.loads((_run_dir(home) / TARGETS_FILE).read_text())
-    assert sorted(t["labels"]["node"] for t in targets) == ["w1", "w2", "w3"]
+    assert sorted(t["labels"]["node"] for t in targets) == ["coordinator", "w1", "w2", "w3"]
     metrics = httpx.get(f"http://{targets[0]['targets'][0]}/metrics", timeout=10).text
-    assert 'boltpipe_worker_loaded{node="w1"} 1.0' in metrics
+    assert 'boltpipe_worker_loaded{node="w1",stage="0"} 1.0' in metrics
 
     logs = run_cli(["logs", str(inventory), "w2"], home, timeout=60)
     assert logs.returncode == 0 and WORKER_READY_MARKER in logs.stdout and "name=w2" in logs.stdout

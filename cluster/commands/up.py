@@ -14,12 +14,13 @@ from aiohttp import web
 
 from cluster.bringup import BringUpError, RunningCluster, bring_up
 from cluster.http_api import OpenAIServer, ServeLimits
-from cluster.inventory import Inventory, load_inventory
+from cluster.inventory import Inventory, format_address, load_inventory
 from cluster.state import ClusterState, StateError, WorkerRecord, clear_state, live_state, read_state, run_dir_for
 from cluster.node_health import serving_problems
 from cluster.ssh_deploy import DeployReport, deployed_nodes, deploy_workers
 from cluster.placement import format_bytes
-from deploy.prometheus_targets import TARGETS_FILE, targets, write_targets
+from cluster import paths
+from deploy.prometheus_targets import TARGETS_FILE, install_config, shared_targets_path, targets, write_targets
 from deploy.local import log_tail, pid_alive, port_in_use, stop_pids
 
 DETACH_TIMEOUT_S = 900.0
@@ -132,7 +133,7 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
             return 130
         stopper.cancel()
         cluster = bring.result()
-        api = OpenAIServer(cluster.engine, cluster.model_name, cluster.admission,
+        api = OpenAIServer(cluster.engine, cluster.model_name, cluster.admission, cluster.metrics,
                            ServeLimits(cluster.context_length, inventory.request_timeout_s, cluster.vanished))
         runner = api.runner(api.app())
         await runner.setup()
@@ -140,8 +141,7 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
             await web.TCPSite(runner, inventory.serve_host, inventory.serve_port).start()
         except OSError as exc:
             raise BringUpError(f"cannot serve on {inventory.serve_host}:{inventory.serve_port}: {exc.strerror}") from None
-        write_targets(run_dir / TARGETS_FILE, targets(inventory.name, {
-            n.name: n.metrics_address for n in inventory.nodes if n.metrics_address is not None}))
+        publish_targets(inventory, run_dir)
         state.model = cluster.model_name
         state.status = "ready"
         state.workers = [WorkerRecord(w.name, w.pid, w.port) for w in cluster.local_workers]
@@ -158,7 +158,20 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
             await runner.cleanup()
         if cluster is not None:
             await cluster.close()
+        shared_targets_path(paths.home() / "prometheus", run_dir.name).unlink(missing_ok=True)
         clear_state(run_dir)
+
+
+def publish_targets(inventory: Inventory, run_dir) -> None:
+    """The metrics endpoints of every node and of this coordinator (its API port serves /metrics)."""
+    entries = targets(inventory.name, {n.name: n.metrics_address for n in inventory.nodes
+                                       if n.metrics_address is not None})
+    entries += targets(inventory.name, {"coordinator": format_address(inventory.serve_host, inventory.serve_port)},
+                       role="coordinator")
+    write_targets(run_dir / TARGETS_FILE, entries)
+    prometheus_dir = paths.home() / "prometheus"
+    install_config(prometheus_dir)
+    write_targets(shared_targets_path(prometheus_dir, run_dir.name), entries)
 
 
 def is_serving(inventory: Inventory) -> ClusterState | None:

@@ -1,0 +1,135 @@
+"""Live figures from two scrapes of a Prometheus endpoint, for `cluster status`: the same series
+the dashboards read, differenced over the interval between the scrapes (as `rate()` and
+`histogram_quantile()` do in Prometheus), so no Prometheus server is needed.
+
+Pure functions over scraped text: tested without sockets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Labels = frozenset[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One reading of an endpoint: every sample by (name, labels), and when it was taken."""
+
+    samples: dict[tuple[str, Labels], float]
+    at_s: float
+
+    def total(self, name: str, **match: str) -> float:
+        """The sum over every series of `name` whose labels include `match`."""
+        want = set(match.items())
+        return sum(v for (n, labels), v in self.samples.items() if n == name and want <= labels)
+
+    def buckets(self, histogram: str, **match: str) -> dict[float, float]:
+        """Cumulative counts by upper bound, summed over the matching series."""
+        want = set(match.items())
+        out: dict[float, float] = {}
+        for (n, labels), v in self.samples.items():
+            if n == f"{histogram}_bucket" and want <= labels:
+                le = float(dict(labels)["le"])
+                out[le] = out.get(le, 0.0) + v
+        return out
+
+
+def parse_scrape(text: str, at_s: float) -> Scrape:
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return Scrape(samples, at_s)
+
+
+def histogram_quantile(q: float, cumulative: dict[float, float]) -> float | None:
+    """Prometheus's estimate: find the bucket holding the q-th observation and interpolate
+    linearly inside it (the lowest bucket starts at 0). None with no observations."""
+    bounds = sorted(cumulative)
+    if not bounds or cumulative[bounds[-1]] <= 0:
+        return None
+    rank = q * cumulative[bounds[-1]]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound  # beyond the largest finite bucket: its bound, as Prometheus says
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return bounds[-1]
+
+
+def bucket_increase(before: Scrape | None, after: Scrape, histogram: str, **match: str) -> dict[float, float]:
+    now = after.buckets(histogram, **match)
+    if before is None:
+        return now
+    then = before.buckets(histogram, **match)
+    if any(now.get(le, 0.0) < count for le, count in then.items()):
+        return now  # the process restarted between the scrapes: its counters began again
+    return {le: count - then.get(le, 0.0) for le, count in now.items()}
+
+
+def counter_rate(before: Scrape, after: Scrape, name: str, **match: str) -> float | None:
+    seconds = after.at_s - before.at_s
+    if seconds <= 0:
+        return None
+    increase = after.total(name, **match) - before.total(name, **match)
+    return max(0.0, increase) / seconds
+
+
+@dataclass(frozen=True)
+class NodeFigures:
+    decode_p50_ms: float | None
+    decode_p95_ms: float | None
+    hop_p50_ms: float | None
+    queue_p95_ms: float | None
+    tokens_per_s: float | None
+    steps: int               # decode steps in the window
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def node_figures(before: Scrape, after: Scrape) -> NodeFigures:
+    """A worker's decode latency, hop and queue times and tokens/s between two scrapes."""
+    compute = bucket_increase(before, after, "boltpipe_worker_compute_seconds", phase="decode")
+    hop = bucket_increase(before, after, "boltpipe_worker_hop_seconds", phase="decode")
+    queue = bucket_increase(before, after, "boltpipe_worker_queue_seconds", phase="decode")
+    return NodeFigures(
+        decode_p50_ms=_ms(histogram_quantile(0.5, compute)),
+        decode_p95_ms=_ms(histogram_quantile(0.95, compute)),
+        hop_p50_ms=_ms(histogram_quantile(0.5, hop)),
+        queue_p95_ms=_ms(histogram_quantile(0.95, queue)),
+        tokens_per_s=counter_rate(before, after, "boltpipe_worker_tokens_total"),
+        steps=int(max(compute.values(), default=0.0)),
+    )
+
+
+@dataclass(frozen=True)
+class CoordinatorFigures:
+    running: int
+    waiting: int
+    generated_per_s: float | None
+    ttft_p50_ms: float | None
+    itl_p50_ms: float | None
+    itl_p95_ms: float | None
+
+
+def coordinator_figures(before: Scrape, after: Scrape) -> CoordinatorFigures:
+    itl = bucket_increase(before, after, "boltpipe:inter_token_latency_seconds")
+    return CoordinatorFigures(
+        running=int(after.total("boltpipe:num_requests_running")),
+        waiting=int(after.total("boltpipe:num_requests_waiting")),
+        generated_per_s=counter_rate(before, after, "boltpipe:generation_tokens_total"),
+        ttft_p50_ms=_ms(histogram_quantile(0.5, bucket_increase(before, after, "boltpipe:time_to_first_token_seconds"))),
+        itl_p50_ms=_ms(histogram_quantile(0.5, itl)),
+        itl_p95_ms=_ms(histogram_quantile(0.95, itl)),
+    )

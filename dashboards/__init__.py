@@ -1,0 +1,1 @@
+"""Grafana dashboard and Prometheus configuration for a boltpipe cluster."""
