@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cluster.addresses import choose_link, ring_order
 from cluster.admission import session_limit
+from cluster.backend_plan import BackendPlan, check_backends, plan_backends
 from cluster.inventory import Inventory, NodeSpec, format_address
 from cluster.node_facts import NodeFacts
 from deploy.text_table import format_rows
@@ -30,6 +31,7 @@ class PlannedStage:
     budget_note: str        # where the budget came from, for the plan table
     next_address: str       # host:port of the next stage ("" on the last)
     next_link: str          # the kind of link to the next stage
+    backend: str = "mlx"    # SliceSpec.backend: "mlx", or Core ML's "coreml-ane:context=N,chunk=M"
 
     @property
     def node(self) -> str:
@@ -53,6 +55,7 @@ class ClusterPlan:
     stages: list[PlannedStage]
     context_length: int
     max_sessions: int
+    context_note: str = ""  # set when a Core ML node capped the context
 
     def kv_budget_bytes(self, stage: PlannedStage) -> int:
         return stage.placement.kv_bytes
@@ -100,20 +103,22 @@ def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: 
     order = ring_order([(n.name, by_name[n.name].interfaces) for n in inventory.nodes])
     nodes = [specs[name] for name in order]
 
-    context = context_length(inventory, model)
+    check_backends(nodes, by_name)
+    backends = plan_backends(nodes, context_length(inventory, model))
+    context = backends.context_length
     dtype = kv_dtype_bytes(model)
-    headroom = activation_headroom_bytes(model.config, prefill_chunk=inventory.prefill_chunk, context_length=context,
-                                         runtime_bytes=inventory.runtime_overhead_mb << 20)
+    headroom = [_headroom(inventory, model, context, backends, spec) for spec in nodes]
     if inventory.kv_budget_mb is None:
-        # Reserve what max_concurrent sessions need at the full context, layer by layer.
-        per_layer = kv_bytes_per_layer(model.config, context_length=context, sessions=inventory.max_concurrent,
-                                       dtype_bytes=dtype)
+        # Reserve what max_concurrent sessions need at the full context, layer by layer (Core ML
+        # caches are fp16 and always hold the full context).
+        per_layer = [kv_bytes_per_layer(model.config, context_length=context, sessions=inventory.max_concurrent,
+                                        dtype_bytes=2 if backends.is_ane(spec) else dtype) for spec in nodes]
         fixed_kv = 0
     else:
-        per_layer, fixed_kv = 0, inventory.kv_budget_mb << 20
+        per_layer, fixed_kv = [0] * len(nodes), inventory.kv_budget_mb << 20
     node_budgets = budgets(nodes, by_name)
     placements = plan_placement([b for b, _ in node_budgets], sizes, kv_bytes_per_layer=per_layer,
-                                headroom_bytes=headroom + fixed_kv)
+                                headroom_bytes=[h + fixed_kv for h in headroom])
     if fixed_kv:
         # The fixed KV budget was planned as headroom; show it as KV.
         placements = [Placement(p.node, p.layer_start, p.layer_end, p.weight_bytes, fixed_kv,
@@ -133,8 +138,21 @@ def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: 
             next_address, next_link = _next_hop(by_name[spec.name], by_name[nodes[i + 1].name], nodes[i + 1])
         else:
             next_address, next_link = "", ""
-        stages.append(PlannedStage(spec, by_name[spec.name], placement, node_budgets[i][1], next_address, next_link))
-    return ClusterPlan(stages, context, sessions)
+        stages.append(PlannedStage(spec, by_name[spec.name], placement, node_budgets[i][1], next_address, next_link,
+                                   backends.stage_backend(spec)))
+    return ClusterPlan(stages, context, sessions, backends.context_note)
+
+
+def _headroom(inventory: Inventory, model: ModelInfo, context: int, backends: BackendPlan, spec: NodeSpec) -> int:
+    """Working memory of one node. A Core ML node runs prompts in its own fixed chunks, but still
+    receives and sends pipeline-sized ones (float32 in, float32 out)."""
+    runtime = inventory.runtime_overhead_mb << 20
+    if not backends.is_ane(spec):
+        return activation_headroom_bytes(model.config, prefill_chunk=inventory.prefill_chunk, context_length=context,
+                                         runtime_bytes=runtime)
+    io = 2 * inventory.prefill_chunk * int(model.config["hidden_size"]) * 4
+    return io + activation_headroom_bytes(model.config, prefill_chunk=backends.ane.prefill_chunk,
+                                          context_length=context, runtime_bytes=runtime)
 
 
 def plan_table(plan: ClusterPlan, model_name: str) -> str:
@@ -147,4 +165,9 @@ def plan_table(plan: ClusterPlan, model_name: str) -> str:
                      f"{s.next_address} ({s.next_link})" if s.next_address else "coordinator"))
     head = (f"{model_name}: {sum(s.num_layers for s in plan.stages)} layers over {len(plan.stages)} nodes; "
             f"context {plan.context_length} tokens, up to {plan.max_sessions} sessions at once")
+    if plan.context_note:
+        head += f" (context {plan.context_note})"
+    ane = [s.node for s in plan.stages if s.backend != "mlx"]
+    if ane:
+        head += f"; Core ML on the Neural Engine: {', '.join(ane)}"
     return head + "\n" + format_rows(rows)

@@ -83,10 +83,11 @@ def activation_headroom_bytes(config: dict, *, prefill_chunk: int, context_lengt
     return runtime_bytes + chunk * per_token + scores
 
 
-def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_per_layer: int,
+def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_per_layer: int | Sequence[int],
                    headroom_bytes: int | Sequence[int]) -> list[Placement]:
     """Contiguous layer ranges in node (ring) order, every layer once, every node at least one,
-    nobody over budget; shares as close to proportional as the budgets allow."""
+    nobody over budget; shares as close to proportional as the budgets allow. KV bytes per layer
+    and headroom may be given per node (a Core ML node keeps fp16 caches at a fixed context)."""
     n, num_layers = len(nodes), sizes.num_layers
     if n == 0:
         raise PlacementError("no nodes to place layers on")
@@ -94,7 +95,10 @@ def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_p
         raise PlacementError(f"the model has {num_layers} layers, fewer than the {n} nodes; use at most {num_layers} nodes")
     if any(not (math.isfinite(node.weight) and node.weight > 0) for node in nodes):
         raise PlacementError("node weights must be positive (finite) numbers")
-    if kv_bytes_per_layer < 0:
+    kv = [kv_bytes_per_layer] * n if isinstance(kv_bytes_per_layer, int) else list(kv_bytes_per_layer)
+    if len(kv) != n:
+        raise PlacementError(f"one KV figure per node is needed ({len(kv)} for {n} nodes)")
+    if any(k < 0 for k in kv):
         raise PlacementError("kv_bytes_per_layer must not be negative")
     headroom = [headroom_bytes] * n if isinstance(headroom_bytes, int) else list(headroom_bytes)
     if len(headroom) != n:
@@ -106,7 +110,7 @@ def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_p
     fixed = [sizes.stage_bytes(0, 0, first=i == 0, last=i == n - 1) + headroom[i] for i in range(n)]
 
     def need(i: int, start: int, end: int) -> int:
-        return fixed[i] + prefix[end] - prefix[start] + (end - start) * kv_bytes_per_layer
+        return fixed[i] + prefix[end] - prefix[start] + (end - start) * kv[i]
 
     ideal = _ideal_counts(num_layers, [node.weight * max(0, node.usable_bytes - f) for node, f in zip(nodes, fixed)],
                           [node.weight for node in nodes])
@@ -129,7 +133,7 @@ def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_p
                 if cost < best[i + 1][end]:
                     best[i + 1][end], back[i + 1][end] = cost, start
     if best[n][num_layers] == inf:
-        raise PlacementError(_no_fit_message(nodes, sizes, fixed, headroom, kv_bytes_per_layer))
+        raise PlacementError(_no_fit_message(nodes, sizes, fixed, headroom, kv))
 
     bounds = [num_layers]
     for i in range(n, 0, -1):
@@ -138,7 +142,7 @@ def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_p
     return [
         Placement(node.name, s, e,
                   weight_bytes=sizes.stage_bytes(s, e, first=i == 0, last=i == n - 1),
-                  kv_bytes=(e - s) * kv_bytes_per_layer, headroom_bytes=headroom[i], budget_bytes=node.usable_bytes)
+                  kv_bytes=(e - s) * kv[i], headroom_bytes=headroom[i], budget_bytes=node.usable_bytes)
         for i, (node, s, e) in enumerate(zip(nodes, bounds, bounds[1:]))
     ]
 
@@ -164,11 +168,13 @@ def _ideal_counts(num_layers: int, shares: list[float], fallback: list[float]) -
 
 
 def _no_fit_message(nodes: Sequence[NodeBudget], sizes: ModelSizes, fixed: list[int], headroom: list[int],
-                    kv_per_layer: int) -> str:
+                    kv_per_node: list[int]) -> str:
     n, num_layers = len(nodes), sizes.num_layers
     weights = sizes.stage_bytes(0, num_layers, first=True, last=True)
     if sizes.tied and n > 1:
         weights += sizes.embedding_bytes  # the last stage keeps its own copy to project with
+    kv_per_layer = max(kv_per_node)  # nodes differ only with Core ML ones; the largest bounds the need
+    per_layer = format_bytes(kv_per_layer) if len(set(kv_per_node)) == 1 else f"up to {format_bytes(kv_per_layer)}"
     kv = num_layers * kv_per_layer
     total = weights + kv + sum(headroom)
     available = sum(max(0, node.usable_bytes) for node in nodes)
@@ -182,7 +188,7 @@ def _no_fit_message(nodes: Sequence[NodeBudget], sizes: ModelSizes, fixed: list[
     fits_in_total = total <= available
     return (
         f"the model does not fit: it needs {format_bytes(weights)} for weights + {format_bytes(kv)} KV cache "
-        f"({format_bytes(kv_per_layer)} per layer x {num_layers} layers) + {format_bytes(sum(headroom))} "
+        f"({per_layer} per layer x {num_layers} layers) + {format_bytes(sum(headroom))} "
         f"working memory = {format_bytes(total)}, but the nodes can give: {', '.join(described)}; "
         f"{format_bytes(available)} in all"
         + (" (enough in total, but no split into contiguous ranges in this node order fits every node)"

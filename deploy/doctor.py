@@ -109,8 +109,8 @@ def check_coremltools() -> Finding:
     if importlib.util.find_spec("coremltools") is None:
         if sys.platform == "darwin":
             return Finding("coremltools", False, "not installed",
-                           "optional: `pip install coremltools` for the Neural Engine backend")
-        return Finding("coremltools", True, "not installed (optional; the Neural Engine is macOS only)")
+                           "reinstall boltpipe (coremltools==9.0 is one of its dependencies) for backend: ane")
+        return Finding("coremltools", True, "not installed (backend: ane runs only on macOS)")
     import warnings
 
     with warnings.catch_warnings():

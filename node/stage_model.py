@@ -40,7 +40,7 @@ class StageModel(nn.Module):
     and head on the last (a tied head reuses the embedding, so the last stage keeps
     it too)."""
 
-    def __init__(self, full_model: nn.Module, layers: LayerRange, num_layers: int):
+    def __init__(self, full_model: nn.Module, layers: LayerRange, num_layers: int, *, keep_layers: bool = True):
         super().__init__()
         inner = full_model.model
         self.is_first = layers.start == 0
@@ -50,7 +50,8 @@ class StageModel(nn.Module):
         self.sliding_window = getattr(inner, "sliding_window", None)
         if self.is_first or (self.is_last and self.tied):
             self.embed_tokens = inner.embed_tokens
-        self.layers = inner.layers[layers.start : layers.end]
+        # Without keep_layers another backend (Core ML) runs the layers; only the ends stay in MLX.
+        self.layers = inner.layers[layers.start : layers.end] if keep_layers else []
         if self.is_last:
             self.norm = inner.norm
             if not self.tied:
@@ -101,7 +102,8 @@ def slice_weight_bytes(stage: StageModel) -> int:
     return sum(v.nbytes for _, v in tree_flatten(stage.parameters()))
 
 
-def load_stage(model_path: str | Path, layers: LayerRange, progress: ProgressFn | None = None) -> StageModel:
+def load_stage(model_path: str | Path, layers: LayerRange, progress: ProgressFn | None = None, *,
+               keep_layers: bool = True) -> StageModel:
     """Build the model lazily with mlx-lm, keep only this stage's modules and read
     only their weights: weights of other layers are never evaluated, so they never
     reach memory.
@@ -128,7 +130,7 @@ def load_stage(model_path: str | Path, layers: LayerRange, progress: ProgressFn 
     progress("config", 0, 1)
     partial = info.is_shard or _is_partial_download(info.path)
     full_model, _config = load_model(info.path, lazy=True, strict=not partial)
-    stage = StageModel(full_model, layers, info.num_layers)
+    stage = StageModel(full_model, layers, info.num_layers, keep_layers=keep_layers)
     del full_model
     params = tree_flatten(stage.parameters())
     if partial:

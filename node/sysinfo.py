@@ -48,7 +48,12 @@ def platform_name() -> str:
 
 
 def mlx_backends() -> list[str]:
+    """The compute backends this worker offers, best first: MLX's, then Core ML's when the Neural
+    Engine is usable (node/coreml/availability.py; its entries also carry facts of a loaded Core ML
+    slice). The name predates Core ML; callers use it for every backend."""
     import mlx.core as mx
+
+    from node.coreml.availability import backend_entries
 
     backends = []
     if sys.platform == "darwin" and mx.metal.is_available():
@@ -57,7 +62,7 @@ def mlx_backends() -> list[str]:
     if cuda is not None and cuda.is_available():
         backends.append("mlx-cuda")
     backends.append("mlx-cpu")
-    return backends
+    return backends + backend_entries()
 
 
 def _meminfo_bytes(field: str) -> int | None:

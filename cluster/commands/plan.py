@@ -28,12 +28,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({
             "model": model_name, "context_length": plan.context_length, "max_sessions": plan.max_sessions,
+            "context_note": plan.context_note,
             "stages": [{"node": s.node, "address": s.facts.address, "source": s.facts.source,
                         "layer_start": s.layer_start, "layer_end": s.layer_end,
                         "weight_bytes": s.placement.weight_bytes, "kv_bytes": s.placement.kv_bytes,
                         "headroom_bytes": s.placement.headroom_bytes, "need_bytes": s.placement.need_bytes,
                         "budget_bytes": s.placement.budget_bytes, "next_address": s.next_address,
-                        "next_link": s.next_link} for s in plan.stages],
+                        "next_link": s.next_link, "backend": s.backend} for s in plan.stages],
         }, indent=2))
     else:
         print(plan_table(plan, model_name))
