@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from node.sampling import SampledToken, new_key, sample
-from node.sessions import SessionStore
+from node.sessions import SessionError, SessionStore
 from node.stage_model import StageModel
 from node.wire import from_wire, to_wire
 from proto import boltpipe_pb2 as pb
@@ -16,6 +16,11 @@ from proto import boltpipe_pb2 as pb
 
 class StepError(Exception):
     """A step this stage refuses; the message goes back to the coordinator."""
+
+
+class StepRefused(StepError):
+    """A step refused before it touched its session (its input, or a session it does not fit):
+    the session's cache is as it was, so the session goes on."""
 
 
 @dataclass
@@ -37,31 +42,31 @@ class StageRunner:
         if self.stage.is_first:
             ids = list(step.token_ids)
             if not ids:
-                raise StepError("first-stage step carries no token ids")
+                raise StepRefused("first-stage step carries no token ids")
             if len(ids) > self.max_step_tokens:
-                raise StepError(f"step has {len(ids)} tokens, more than the chunk limit {self.max_step_tokens}")
+                raise StepRefused(f"step has {len(ids)} tokens, more than the chunk limit {self.max_step_tokens}")
             if min(ids) < 0 or max(ids) >= self.vocab_size:
-                raise StepError(f"token id out of range [0, {self.vocab_size})")
+                raise StepRefused(f"token id out of range [0, {self.vocab_size})")
             return self.stage.embed(mx.array(ids, dtype=mx.int32)[None])
         if not step.HasField("hidden"):
-            raise StepError(f"stage {self.stage.layer_range.start}..: step carries no hidden state")
+            raise StepRefused(f"stage {self.stage.layer_range.start}..: step carries no hidden state")
         shape = tuple(step.hidden.shape)
         if len(shape) != 3 or shape[0] != 1 or shape[2] != self.hidden_size or not 0 < shape[1] <= self.max_step_tokens:
-            raise StepError(
+            raise StepRefused(
                 f"hidden state shape {shape} does not fit this model: expected (1, 1..{self.max_step_tokens}, {self.hidden_size})"
             )
         try:
             return from_wire(step.hidden)
         except ValueError as exc:
-            raise StepError(str(exc)) from exc
+            raise StepRefused(str(exc)) from exc
 
     def run(self, step: pb.Step) -> StepOutput:
         h = self._input(step)
         n = h.shape[1]
         try:
             session = self.sessions.for_step(step.session_id, step.position)
-        except Exception as exc:
-            raise StepError(str(exc)) from exc
+        except SessionError as exc:
+            raise StepRefused(str(exc)) from exc
         h = self.stage.run_layers(h, session.cache)
         out = StepOutput(num_tokens=n)
         if not self.stage.is_last:
