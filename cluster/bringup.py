@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from tqdm import tqdm
@@ -19,19 +20,22 @@ from cluster import paths
 from cluster.admission import Admission
 from cluster.cluster_plan import ClusterPlan, PlannedStage, make_plan
 from cluster.coordinator_metrics import CoordinatorMetrics
+from cluster.credentials import coordinator_auth, worker_settings
 from cluster.discovery import Browser, DiscoveryTimeout
 from cluster.engine import Engine
 from cluster.inventory import METRICS_PORT_OFFSET, Inventory
 from cluster.model_source import resolve_model, served_model_name
 from cluster.node_facts import NodeFactsError, check_version, gather_facts
+from cluster.local_supervisor import keep_running
 from cluster.pipeline_client import PipelineClient, StageEndpoint
+from cluster.stage_watch import WatchSettings
+from node.cluster_auth import ClusterAuth
 from cluster.ssh_deploy import push_weights
 from cluster.tokenizer import PromptTokenizer
 from deploy.local import LocalWorker, LocalWorkerSpec, start_local_workers, stop_pids
 from deploy.ssh import SshError
 from node.model_config import ModelInfo
 from node.model_sizes import read_model_sizes
-from proto import grpc_options
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 
@@ -56,6 +60,12 @@ class RunningCluster:
     infos: list[pb.NodeInfo] = field(default_factory=list)
     browser: Browser | None = None                         # open while Bonjour nodes are watched
     vanished: set[str] = field(default_factory=set)         # serving nodes no longer advertised
+    supervisor: asyncio.Task | None = None                  # restarts local workers that exit
+    on_worker_restart: Callable[[LocalWorker], None] | None = None
+
+    def worker_restarted(self, worker: LocalWorker) -> None:
+        if self.on_worker_restart is not None:
+            self.on_worker_restart(worker)
 
     @property
     def plan(self) -> list[PlannedStage]:
@@ -66,16 +76,19 @@ class RunningCluster:
         return self.cluster_plan.context_length
 
     async def close(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.cancel()
+            await asyncio.gather(self.supervisor, return_exceptions=True)
         if self.browser is not None:
             await self.browser.close()
         await self.client.close()
         stop_pids([w.pid for w in self.local_workers])
 
 
-async def _check_reachable(stages: list[PlannedStage], timeout_s: float) -> list[pb.NodeInfo]:
+async def _check_reachable(stages: list[PlannedStage], timeout_s: float, auth: ClusterAuth) -> list[pb.NodeInfo]:
     async def one(stage: PlannedStage) -> pb.NodeInfo:
         address = stage.facts.address
-        async with grpc.aio.insecure_channel(address, options=grpc_options()) as channel:
+        async with auth.channel(address) as channel:
             try:
                 info = await pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=timeout_s, wait_for_ready=True)
             except grpc.aio.AioRpcError as exc:
@@ -89,10 +102,30 @@ async def _check_reachable(stages: list[PlannedStage], timeout_s: float) -> list
     return list(await asyncio.gather(*(one(s) for s in stages)))
 
 
-async def _load_slices(
-    inventory: Inventory, model: ModelInfo, model_name: str, plan: ClusterPlan, show_progress: bool,
-    model_paths: dict[str, str],
-) -> list[pb.NodeInfo]:
+def slice_specs(model: ModelInfo, model_name: str, plan: ClusterPlan, model_paths: dict[str, str]) -> list[pb.SliceSpec]:
+    """What each stage is asked to load (and asked again, should its worker come back empty)."""
+    return [
+        pb.SliceSpec(
+            model_path=model_paths.get(stage.node, str(model.path)),
+            layer_start=stage.layer_start,
+            layer_end=stage.layer_end,
+            num_layers=model.num_layers,
+            stage_index=i,
+            num_stages=len(plan.stages),
+            next_address=stage.next_address,
+            backend=stage.backend,
+            model_id=model_name,
+            # Room beyond the coordinator's own limit for sessions still being ended.
+            max_sessions=2 * plan.max_sessions,
+            kv_budget_bytes=plan.kv_budget_bytes(stage),
+            memory_limit_bytes=stage.placement.budget_bytes,
+        )
+        for i, stage in enumerate(plan.stages)
+    ]
+
+
+async def _load_slices(plan: ClusterPlan, specs: list[pb.SliceSpec], show_progress: bool,
+                       auth: ClusterAuth) -> list[pb.NodeInfo]:
     stages = plan.stages
     bars = [
         tqdm(total=1, desc=f"load {s.node} [{s.layer_start},{s.layer_end})", unit="B", unit_scale=True,
@@ -101,23 +134,8 @@ async def _load_slices(
     ]
 
     async def one(i: int) -> pb.NodeInfo:
-        stage = stages[i]
-        spec = pb.SliceSpec(
-            model_path=model_paths.get(stage.node, str(model.path)),
-            layer_start=stage.layer_start,
-            layer_end=stage.layer_end,
-            num_layers=model.num_layers,
-            stage_index=i,
-            num_stages=len(stages),
-            next_address=stage.next_address,
-            backend="mlx",
-            model_id=model_name,
-            # Room beyond the coordinator's own limit for sessions still being ended.
-            max_sessions=2 * plan.max_sessions,
-            kv_budget_bytes=plan.kv_budget_bytes(stage),
-            memory_limit_bytes=stage.placement.budget_bytes,
-        )
-        async with grpc.aio.insecure_channel(stage.facts.address, options=grpc_options()) as channel:
+        stage, spec = stages[i], specs[i]
+        async with auth.channel(stage.facts.address) as channel:
             try:
                 async for event in pb_grpc.WorkerStub(channel).LoadSlice(spec):
                     if event.total:
@@ -173,27 +191,37 @@ async def bring_up(
                                                      connect_timeout_s=connect_timeout_s,
                                                      discovery_timeout_s=discovery_timeout_s, browser=browser)
         log_dir = log_dir or paths.run_dir(inventory.source, inventory.name) / "logs"
-        local = [LocalWorkerSpec(s.node, s.spec.host, s.spec.port, s.spec.metrics_port or s.spec.port + METRICS_PORT_OFFSET)
+        local = [LocalWorkerSpec(s.node, s.spec.host, s.spec.port, s.spec.metrics_port or s.spec.port + METRICS_PORT_OFFSET,
+                                 settings=worker_settings(inventory, s.spec))
                  for s in plan.stages if s.spec.is_local]
         workers = await asyncio.to_thread(
             start_local_workers, local, log_dir, parent_pid=os.getpid(), timeout_s=worker_start_timeout_s
         )
-        await _check_reachable(plan.stages, connect_timeout_s)
+        auth = coordinator_auth(inventory)
+        await _check_reachable(plan.stages, connect_timeout_s, auth)
         try:
             model_paths = await push_weights(inventory, model, plan, paths.run_dir(inventory.source, inventory.name),
                                              show_progress=show_progress)
         except SshError as exc:
             raise BringUpError(str(exc)) from None
-        infos = await _load_slices(inventory, model, model_name, plan, show_progress, model_paths)
-        client = PipelineClient([StageEndpoint(s.node, s.facts.address) for s in plan.stages])
+        specs = slice_specs(model, model_name, plan, model_paths)
+        infos = await _load_slices(plan, specs, show_progress, auth)
+        client = PipelineClient([StageEndpoint(s.node, s.facts.address) for s in plan.stages], auth, specs=specs,
+                                watch=WatchSettings(interval_s=inventory.health_interval_s,
+                                                    timeout_s=inventory.health_timeout_s))
         await client.start()
         tokenizer = await asyncio.to_thread(PromptTokenizer, model.path)
-        engine = Engine(client, tokenizer, prefill_chunk=inventory.prefill_chunk, vocab_size=model.vocab_size)
+        engine = Engine(client, tokenizer, prefill_chunk=inventory.prefill_chunk, vocab_size=model.vocab_size,
+                        replay=inventory.replay, replay_timeout_s=inventory.replay_timeout_s)
         admission = Admission(plan.max_sessions, inventory.max_queue, inventory.queue_timeout_s)
         metrics = CoordinatorMetrics(model_name, admission)
         client.on_return_hop = metrics.observe_return_hop
-        return RunningCluster(inventory, model, model_name, plan, workers, client, engine, admission, metrics,
-                              infos, browser, vanished)
+        client.watch.on_change = metrics.stage_changed
+        engine.on_replay = metrics.replayed
+        cluster = RunningCluster(inventory, model, model_name, plan, workers, client, engine, admission, metrics,
+                                 infos, browser, vanished)
+        cluster.supervisor = asyncio.create_task(keep_running(cluster.local_workers, cluster.worker_restarted))
+        return cluster
     except BaseException:
         if client is not None:
             await client.close()

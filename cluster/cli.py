@@ -12,11 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from cluster.commands import (  # noqa: E402
-    bench, chat, discover, doctor, down, generate, import_gguf, logs, plan, status, up, worker,
+    bench, chat, credentials, discover, doctor, down, generate, import_gguf, logs, plan, status, up, worker,
 )
 from cluster.errors import USER_ERRORS  # noqa: E402
 
-COMMANDS = (up, down, status, logs, plan, discover, generate, chat, bench, import_gguf, worker, doctor)
+COMMANDS = (up, down, status, logs, plan, discover, generate, chat, bench, import_gguf, worker, doctor, credentials)
 
 
 def build_parser() -> argparse.ArgumentParser:

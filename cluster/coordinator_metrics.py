@@ -63,6 +63,11 @@ class CoordinatorMetrics:
         self.return_hop = Histogram("boltpipe_coordinator_hop_seconds",
                                     "time from the last stage's send of a result to its receipt here",
                                     m + ("phase",), buckets=HOP_BUCKETS, registry=r)
+        self.replays = Counter("boltpipe_coordinator_replays", "requests continued after a stage failure",
+                               m, registry=r)
+        self.stage_failures = Counter("boltpipe_coordinator_stage_failures", "times a stage was marked down",
+                                      m + ("stage",), registry=r)
+        self.replays.labels(model_name)
         for reason in FINISH_REASONS:
             self.success.labels(model_name, reason)
         for reason in FAILURE_REASONS:
@@ -79,6 +84,13 @@ class CoordinatorMetrics:
 
     def failed(self, reason: str) -> None:
         self.failures.labels(self.model_name, reason).inc()
+
+    def replayed(self) -> None:
+        self.replays.labels(self.model_name).inc()
+
+    def stage_changed(self, stage: int, up: bool, why: str) -> None:
+        if not up:
+            self.stage_failures.labels(self.model_name, str(stage)).inc()
 
     def observe_return_hop(self, phase: str, hop_ns: int) -> None:
         self.return_hop.labels(self.model_name, phase).observe(hop_ns / 1e9)

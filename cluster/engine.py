@@ -4,17 +4,19 @@ step per token; detokenizes incrementally and stops on eos, length or stop strin
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Sequence
 
-from cluster.pipeline_client import PipelineClient, PipelineError
+from cluster.pipeline_client import PipelineClient, PipelineError, StageFailure
 from cluster.text_stream import IncrementalDecoder, StopMatcher
 from cluster.tokenizer import PromptTokenizer
 from proto import boltpipe_pb2 as pb
 
 DEFAULT_PREFILL_CHUNK = 512
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,6 +81,9 @@ class Engine:
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         step_timeout_s: float = 120.0,
         vocab_size: int = 0,
+        replay: bool = True,
+        replay_timeout_s: float = 120.0,
+        max_replays: int = 3,
     ):
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be at least 1")
@@ -87,15 +92,52 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.step_timeout_s = step_timeout_s
         self.vocab_size = vocab_size
+        self.replay = replay
+        self.replay_timeout_s = replay_timeout_s
+        self.max_replays = max_replays
+        self.on_replay: Callable[[], None] | None = None  # metrics
 
     async def tokens(self, prompt_ids: Sequence[int], params: GenerationParams,
                      on_token: Callable[[], None] | None = None) -> AsyncIterator[TokenStep]:
         """Sampled tokens, eos included, until eos or max_tokens. The prompt, all but
         its last token, goes through in chunks; the last token's step samples the
         first new token (mlx-lm's order, so the numbers match one process).
-        `on_token` is called as each token arrives (metrics), before it is passed on."""
+        `on_token` is called as each token arrives (metrics), before it is passed on.
+
+        When a stage fails under the request and replay is on, the request waits for the
+        pipeline to serve again and continues in a new session: the same steps rebuild the
+        KV caches (the prompt in the same chunks, then each token generated so far), so
+        greedy decoding goes on with exactly the tokens an uninterrupted run gives."""
         if not prompt_ids:
             raise ValueError("the prompt is empty")
+        generated: list[int] = []
+        replays = 0
+        while True:
+            try:
+                if not self.client.ready:
+                    if not self.replay:
+                        raise StageFailure(self.client.watch.describe_down())
+                    await self.client.wait_ready(self.replay_timeout_s)
+                async for token in self._session_tokens(prompt_ids, generated, params):
+                    generated.append(token.token_id)
+                    if on_token is not None:
+                        on_token()
+                    yield token
+                    if token.token_id in self.tokenizer.eos_token_ids and not params.ignore_eos:
+                        return
+                return
+            except StageFailure as exc:
+                if not self.replay or replays >= self.max_replays:
+                    raise
+                replays += 1
+                log.warning("replaying a request after %d tokens (%s)", len(generated), exc)
+                if self.on_replay is not None:
+                    self.on_replay()
+
+    async def _session_tokens(self, prompt_ids: Sequence[int], generated: list[int],
+                              params: GenerationParams) -> AsyncIterator[TokenStep]:
+        """One session: the prompt and `generated` (tokens an earlier session of this request
+        produced) fill the caches, then tokens are sampled until max_tokens in all."""
         session_id = uuid.uuid4().hex
         results = self.client.open_session(session_id)
         sampling = params.to_wire()
@@ -108,10 +150,17 @@ class Engine:
                 self.client.send(pb.Step(session_id=session_id, step_id=step_id, position=position, token_ids=chunk))
                 step_id += 1
                 position += len(chunk)
-            next_input = prompt_ids[-1]
+            # A replay: every token that went through before goes through again, one step each,
+            # as it did the first time (the numbers of the caches stay the same).
+            inputs = [prompt_ids[-1], *generated]
+            for token_id in inputs[:-1]:
+                self.client.send(pb.Step(session_id=session_id, step_id=step_id, position=position,
+                                         token_ids=[token_id]))
+                step_id += 1
+                position += 1
+            next_input = inputs[-1]
             first_token_step = step_id
-            eos = self.tokenizer.eos_token_ids
-            for _ in range(params.max_tokens):
+            for _ in range(params.max_tokens - len(generated)):
                 sent_ns = time.time_ns()
                 self.client.send(
                     pb.Step(
@@ -121,15 +170,13 @@ class Engine:
                         token_ids=[next_input],
                         want_token=True,
                         sampling=sampling,
-                        decode=step_id > first_token_step,
+                        decode=step_id > first_token_step or bool(generated),
                     )
                 )
                 wanted = step_id
                 step_id += 1
                 position += 1
                 result = await self._result_for(results, wanted)
-                if on_token is not None:
-                    on_token()
                 token = TokenStep(
                     token_id=result.token_id,
                     logprob=result.logprob,
@@ -139,8 +186,6 @@ class Engine:
                     timings=list(result.timings),
                 )
                 yield token
-                if token.token_id in eos and not params.ignore_eos:
-                    return
                 next_input = token.token_id
         finally:
             # Shielded: a request cancelled (its client left) still ends its session everywhere.
@@ -155,6 +200,8 @@ class Engine:
             except TimeoutError as exc:
                 raise PipelineError(f"no result from the pipeline within {self.step_timeout_s:.0f} s") from exc
             if result.error:
+                if result.stage_lost:
+                    raise StageFailure(result.error)
                 stage = f"stage {result.failed_stage}" if result.failed_stage >= 0 else "the pipeline"
                 raise PipelineError(f"{stage} failed: {result.error}")
             if result.step_id == step_id:

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cluster.admission import Admission, AdmissionRefused
+from cluster.api_keys import key_accepted
 from cluster.coordinator_metrics import CoordinatorMetrics, RequestTimer
 from cluster.engine import Engine, Finish, TextDelta, TokenStep
 from cluster.openai_responses import ResponseShaper
@@ -46,11 +47,34 @@ async def openai_errors(request: web.Request, handler):
         return error_response(500, "internal server error; see the coordinator's log", kind="server_error")
 
 
+def require_api_key(keys: list[str]):
+    """OpenAI's Bearer keys on /v1/ (health and metrics stay open for probes and Prometheus)."""
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        if keys and request.path.startswith("/v1/"):
+            header = request.headers.get("Authorization", "")
+            scheme, _, presented = header.partition(" ")
+            if scheme.lower() != "bearer" or not presented.strip():
+                return error_response(401, "You didn't provide an API key. You need to provide your API key in an "
+                                      "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                                      code="invalid_api_key")
+            if not key_accepted(presented.strip(), keys):
+                shown = presented.strip()[:6] + "*" * 4
+                return error_response(401, f"Incorrect API key provided: {shown}. The keys this server accepts are "
+                                      "set in the inventory (serve.api_keys) or BOLTPIPE_API_KEYS.",
+                                      code="invalid_api_key")
+        return await handler(request)
+
+    return check
+
+
 @dataclass
 class ServeLimits:
     context_length: int
     request_timeout_s: float = 600.0
     vanished_nodes: set[str] = field(default_factory=set)  # serving nodes no longer advertised by Bonjour
+    api_keys: list[str] = field(default_factory=list)      # empty: no key needed
 
 
 class OpenAIServer:
@@ -64,7 +88,8 @@ class OpenAIServer:
         self.created = now()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[openai_errors])
+        app = web.Application(client_max_size=16 * 1024 * 1024,
+                              middlewares=[openai_errors, require_api_key(self.limits.api_keys)])
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/v1/models", self.models)
@@ -81,11 +106,15 @@ class OpenAIServer:
     async def health(self, request: web.Request) -> web.Response:
         stats = self.admission.stats()
         vanished = sorted(self.limits.vanished_nodes)
-        body = {"status": "degraded" if vanished else "ok", "model": self.model_name, "running": stats.running,
+        watch = self.engine.client.watch
+        down = {watch.client.stages[i].name: why for i, why in sorted(watch.down.items())}
+        body = {"status": "degraded" if vanished or down else "ok", "model": self.model_name, "running": stats.running,
                 "waiting": stats.waiting, "max_running": stats.max_running}
         if vanished:
             body["nodes_vanished"] = vanished
-        return web.json_response(body, status=503 if vanished else 200)
+        if down:
+            body["nodes_down"] = down
+        return web.json_response(body, status=503 if vanished or down else 200)
 
     async def prometheus(self, request: web.Request) -> web.Response:
         # Always the plain text format: prometheus_client's OpenMetrics output loses the colon of

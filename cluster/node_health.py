@@ -7,17 +7,17 @@ import asyncio
 
 import grpc
 
+from cluster.credentials import coordinator_auth
 from cluster.inventory import Inventory, NodeSpec
-from proto import grpc_options
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 
 
-async def node_info(spec: NodeSpec, timeout_s: float = 3.0) -> pb.NodeInfo | str:
+async def node_info(inventory: Inventory, spec: NodeSpec, timeout_s: float = 3.0) -> pb.NodeInfo | str:
     """The worker's NodeInfo, or why it could not be had."""
     if spec.host is None or spec.port is None:
         return "found by Bonjour: no static address to ask"
-    async with grpc.aio.insecure_channel(spec.address, options=grpc_options()) as channel:
+    async with coordinator_auth(inventory).channel(spec.address) as channel:
         try:
             return await pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -25,7 +25,7 @@ async def node_info(spec: NodeSpec, timeout_s: float = 3.0) -> pb.NodeInfo | str
 
 
 async def all_node_info(inventory: Inventory, timeout_s: float = 3.0) -> dict[str, pb.NodeInfo | str]:
-    results = await asyncio.gather(*(node_info(n, timeout_s) for n in inventory.nodes))
+    results = await asyncio.gather(*(node_info(inventory, n, timeout_s) for n in inventory.nodes))
     return {n.name: r for n, r in zip(inventory.nodes, results)}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cluster import paths
+from cluster import credentials, paths
 from cluster.cluster_plan import ClusterPlan
 from cluster.inventory import METRICS_PORT_OFFSET, Inventory, NodeSpec
 from deploy import remote_worker
@@ -73,9 +73,10 @@ def listen_host(spec: NodeSpec) -> str:
         return "0.0.0.0"
 
 
-def worker_settings(spec: NodeSpec) -> remote_worker.WorkerSettings:
+def worker_settings(inventory: Inventory, spec: NodeSpec) -> remote_worker.WorkerSettings:
     return remote_worker.WorkerSettings(spec.name, listen_host(spec), spec.port,
-                                        spec.metrics_port or spec.port + METRICS_PORT_OFFSET)
+                                        spec.metrics_port or spec.port + METRICS_PORT_OFFSET,
+                                        **credentials.worker_settings(inventory, spec))
 
 
 def _count(report: NodeReport, node: NodeConnection) -> None:
@@ -128,7 +129,7 @@ async def deploy_workers(inventory: Inventory, run_dir: Path, *, show_progress: 
         async def start_one(name: str) -> None:
             manager = remote_worker.manager_for(probes[name])
             report.nodes[name].manager = manager
-            action = await remote_worker.ensure_worker(connections[name], worker_settings(specs[name]), manager)
+            action = await remote_worker.ensure_worker(connections[name], worker_settings(inventory, specs[name]), manager)
             report.nodes[name].worker = action
             if action != "running":
                 started.append(name)

@@ -39,8 +39,9 @@ def _payload(params: GenerationParams) -> dict:
 
 
 class HttpSource:
-    def __init__(self, url: str):
+    def __init__(self, url: str, api_key: str | None = None):
         self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def stream(self, params: GenerationParams, stats: Stats, *, messages: list[dict] | None = None,
                      prompt: str | None = None) -> AsyncIterator[str]:
@@ -51,7 +52,7 @@ class HttpSource:
             body["prompt"], path = prompt, "/v1/completions"
         started = time.monotonic()
         async with aiohttp.ClientSession() as session:
-            async with session.post(self.url + path, json=body) as response:
+            async with session.post(self.url + path, json=body, headers=self.headers) as response:
                 if response.status != 200:
                     detail = await response.text()
                     raise PipelineError(f"the cluster answered {response.status}: {detail}")

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +26,7 @@ class LocalWorkerSpec:
     host: str
     port: int
     metrics_port: int = 0
+    settings: dict = field(default_factory=dict, hash=False)  # --config: the cluster secret, TLS
 
 
 @dataclass
@@ -35,6 +37,8 @@ class LocalWorker:
     pid: int
     log_path: Path
     process: subprocess.Popen | None = None
+    spec: LocalWorkerSpec | None = None
+    parent_pid: int | None = None
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -73,24 +77,10 @@ def start_local_workers(
             "(maybe `cluster down` for a cluster already up) or change the port in the inventory"
         )
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, **(extra_env or {}))
-    env.setdefault("PYTHONUNBUFFERED", "1")
     workers: list[LocalWorker] = []
     try:
         for spec in specs:
-            log_path = log_dir / f"worker-{spec.name}.log"
-            cmd = [sys.executable, "-m", "node", "--host", spec.host, "--port", str(spec.port), "--name", spec.name]
-            if parent_pid:
-                cmd += ["--parent-pid", str(parent_pid)]
-            if spec.metrics_port:
-                cmd += ["--metrics-port", str(spec.metrics_port)]
-            with open(log_path, "wb") as log:
-                # cwd: the log directory, so no `node/` folder of the caller's shadows the worker package.
-                process = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                    start_new_session=True, cwd=log_dir,
-                )
-            workers.append(LocalWorker(spec.name, spec.host, spec.port, process.pid, log_path, process))
+            workers.append(_spawn(spec, log_dir, parent_pid, extra_env, append=False))
         _wait_ready(workers, timeout_s)
     except BaseException:
         stop_pids([w.pid for w in workers])
@@ -98,12 +88,57 @@ def start_local_workers(
     return workers
 
 
+def restart_local_worker(worker: LocalWorker, timeout_s: float = 60.0) -> LocalWorker:
+    """The same worker again (same command, same log, appended), once it is ready."""
+    assert worker.spec is not None, "only workers started by start_local_workers can be restarted"
+    fresh = _spawn(worker.spec, worker.log_path.parent, worker.parent_pid, None, append=True)
+    try:
+        _wait_ready([fresh], timeout_s)
+    except BaseException:
+        stop_pids([fresh.pid])
+        raise
+    return fresh
+
+
+def _spawn(spec: LocalWorkerSpec, log_dir: Path, parent_pid: int | None, extra_env: dict[str, str] | None,
+           *, append: bool) -> LocalWorker:
+    env = dict(os.environ, **(extra_env or {}))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    log_path = log_dir / f"worker-{spec.name}.log"
+    cmd = [sys.executable, "-m", "node", "--host", spec.host, "--port", str(spec.port), "--name", spec.name]
+    if parent_pid:
+        cmd += ["--parent-pid", str(parent_pid)]
+    if spec.metrics_port:
+        cmd += ["--metrics-port", str(spec.metrics_port)]
+    if spec.settings:
+        # Secrets travel in a file only this user can read, never on a command line.
+        config = log_dir / f"worker-{spec.name}.json"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(spec.settings, f)
+        cmd += ["--config", str(config)]
+    with open(log_path, "ab" if append else "wb") as log:
+        # cwd: the log directory, so no `node/` folder of the caller's shadows the worker package.
+        process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True, cwd=log_dir,
+        )
+    return LocalWorker(spec.name, spec.host, spec.port, process.pid, log_path, process, spec, parent_pid)
+
+
+def _said_ready(worker: LocalWorker) -> bool:
+    """This process (by pid: a restarted worker appends to the log of the one before) is ready."""
+    tail = f"pid={worker.pid}"
+    return any(line.startswith(READY_MARKER) and line.rstrip().endswith(tail)
+               for line in worker.log_path.read_text(errors="replace").splitlines())
+
+
 def _wait_ready(workers: list[LocalWorker], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     pending = list(workers)
     while pending:
         for worker in list(pending):
-            if READY_MARKER in worker.log_path.read_text(errors="replace"):
+            if _said_ready(worker):
                 pending.remove(worker)
                 continue
             code = worker.process.poll() if worker.process else None

@@ -25,6 +25,12 @@ class WorkerSettings:
     host: str
     port: int
     metrics_port: int
+    # The cluster's secret and, for links beyond loopback, its TLS material (cluster.credentials).
+    secret: str = ""
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_on_loopback: bool = False
 
 
 async def probe(node: NodeConnection) -> NodeProbe:

@@ -9,9 +9,9 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from node.clock_sync import ClockOffset, sync_clock
+from node.cluster_auth import ClusterAuth
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
-from proto import grpc_options
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,9 @@ class NextStageLink:
     of the next stage's clock (`clock`), which every step sent carries for hop timing."""
 
     def __init__(self, address: str, on_lost: Callable[[pb.Step, str], None], *, machine_id: str = "",
-                 on_refused: Callable[[str], None] | None = None):
+                 on_refused: Callable[[str], None] | None = None, auth: ClusterAuth | None = None):
         self.address = address
+        self._auth = auth or ClusterAuth()
         self._on_lost = on_lost
         self._on_refused = on_refused
         self._machine_id = machine_id
@@ -35,7 +36,7 @@ class NextStageLink:
         self._clock_sync: asyncio.Task | None = None
 
     def _open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.address, options=grpc_options())
+        self._channel = self._auth.channel(self.address)
         stub = pb_grpc.WorkerStub(self._channel)
         queue: asyncio.Queue[pb.Step | None] = asyncio.Queue()
         self._queue = queue

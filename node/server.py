@@ -17,37 +17,43 @@ import node
 from node import sysinfo
 from node.advertise import listening_interfaces
 from node.clock_sync import hop_ns
+from node.cluster_auth import ClusterAuth
 from node.interfaces import local_interfaces
 from node.model_config import read_model_info
 from node.next_stage import NextStageLink
 from node.results_hub import ResultsHub
 from node.sessions import SessionStore
-from node.stage_model import LayerRange, load_stage
-from node.stage_runner import StageRunner, StepError
+from node.backends import load_backend_stage
+from node.stage_model import LayerRange
+from node.stage_runner import StageRunner, StepError, StepRefused
+from node.step_validation import (StepLimits, reportable, shard_problem, slice_fits_model, step_limits,
+                                  validate_end_session, validate_results_request, validate_slice_spec, validate_step)
 from node.step_queue import StepQueue
 from node.worker_metrics import WorkerMetrics, step_tokens
-from proto import PROTOCOL_VERSION
+from proto import MAX_STEP_TOKENS, PROTOCOL_VERSION
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SESSIONS = 64
-MAX_STEP_TOKENS = 8192
 IDLE_SWEEP_S = 30.0
 INLINE_STEP_TOKENS = 8
 
 
 class LoadedSlice:
-    def __init__(self, spec: pb.SliceSpec, runner: StageRunner, link: NextStageLink | None):
+    def __init__(self, spec: pb.SliceSpec, runner: StageRunner, link: NextStageLink | None, limits: StepLimits):
         self.spec = spec
         self.runner = runner
         self.link = link
+        self.limits = limits  # what a Step must fit (node/step_validation.py)
 
 
 class WorkerService(pb_grpc.WorkerServicer):
-    def __init__(self, node_id: str, *, idle_timeout_s: float = 300.0, listen_host: str = "0.0.0.0"):
+    def __init__(self, node_id: str, *, idle_timeout_s: float = 300.0, listen_host: str = "0.0.0.0",
+                 auth: ClusterAuth | None = None):
         self.node_id = node_id
+        self.auth = auth or ClusterAuth()  # how this worker calls the next stage
         self.listen_host = listen_host
         self.idle_timeout_s = idle_timeout_s
         self.started = time.monotonic()
@@ -122,6 +128,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         )
 
     async def EndSession(self, request, context):
+        if problem := validate_end_session(request):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         if self.slice is None:
             return pb.EndSessionReply(ended=0)
         # Dropping cache references is cheap: done on the loop, like small steps. Steps still
@@ -133,9 +141,20 @@ class WorkerService(pb_grpc.WorkerServicer):
     async def LoadSlice(self, spec: pb.SliceSpec, context):
         if self.loading:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a slice is already being loaded")
+        if problem := validate_slice_spec(spec):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         if self.slice is not None and self.slice.spec == spec:
             yield pb.LoadProgress(phase="ready", message="already loaded", info=self.info())
             return
+        # Checked before the slice being served is let go: a spec that cannot load leaves it serving.
+        try:
+            model = read_model_info(spec.model_path)
+        except (ValueError, OSError) as exc:  # ModelDirError is a ValueError
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load slice: {exc}")
+        if problem := slice_fits_model(spec, model):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if problem := shard_problem(spec, model):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load slice: {problem}")
         self.loading = True
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[pb.LoadProgress] = asyncio.Queue()
@@ -164,10 +183,15 @@ class WorkerService(pb_grpc.WorkerServicer):
             except Exception as exc:  # the message is for the person running `cluster up`
                 log.exception("loading %s failed", spec.model_path)
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load slice: {exc}")
-            link = (NextStageLink(spec.next_address, self._report_lost, machine_id=self._machine_id,
+            link = (NextStageLink(spec.next_address, self._report_lost, machine_id=self._machine_id, auth=self.auth,
                                   on_refused=lambda _: self.metrics.error("refused_by_next_stage"))
                     if spec.next_address else None)
-            self.slice = LoadedSlice(spec, runner, link)
+            context_length = model.max_position_embeddings if isinstance(model.max_position_embeddings, int) else None
+            limits = step_limits(is_first=runner.stage.is_first, stage_index=spec.stage_index,
+                                 hidden_size=runner.hidden_size, vocab_size=runner.vocab_size,
+                                 max_step_tokens=runner.max_step_tokens,
+                                 context_lengths=[context_length, getattr(runner.stage, "context_length", None)])
+            self.slice = LoadedSlice(spec, runner, link, limits)
             self.metrics.set_stage(spec.stage_index)
             yield pb.LoadProgress(phase="ready", info=self.info())
         finally:
@@ -180,7 +204,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         is_last = spec.layer_end == info.num_layers
         if is_last != (not spec.next_address):
             raise ValueError("only the stage holding the model's last layer may have no next stage")
-        stage = load_stage(info.path, LayerRange(spec.layer_start, spec.layer_end), progress)
+        stage = load_backend_stage(info.path, LayerRange(spec.layer_start, spec.layer_end), spec.backend, progress)
         sessions = SessionStore(
             stage.make_cache,
             max_sessions=spec.max_sessions or DEFAULT_MAX_SESSIONS,
@@ -199,12 +223,22 @@ class WorkerService(pb_grpc.WorkerServicer):
             if self.slice is None:
                 self.metrics.error("no_slice")
                 yield pb.StepAck(error="no slice loaded")
-                self._report(step, "worker has no slice loaded")
+                self._report(step, "worker has no slice loaded", stage_lost=True)
+                continue
+            if problem := validate_step(step, self.slice.limits):
+                # Refused before the queue: no session is touched, so garbage that names a live
+                # session cannot end it or shift its cache. Only its reply_to hears of it.
+                self.metrics.error("invalid_step")
+                yield pb.StepAck(error=problem)
+                if reportable(step):
+                    self._report(step, problem)
                 continue
             self.metrics.received_step(step, recv_ns, hop_ns(step.timings[-1], recv_ns) if step.timings else None)
             self._inbox.put(step.session_id, (step, recv_ns), small=self._is_small(step))
 
     async def Results(self, request: pb.ResultsRequest, context):
+        if problem := validate_results_request(request):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         queue = self.hub.subscribe(request.reply_to)
         # Tells the subscriber it is registered, before any result exists.
         await context.send_initial_metadata(())
@@ -217,17 +251,16 @@ class WorkerService(pb_grpc.WorkerServicer):
     def _stage_index(self) -> int:
         return self.slice.spec.stage_index if self.slice else -1
 
-    def _report(self, step: pb.Step, error: str) -> None:
+    def _report(self, step: pb.Step, error: str, *, stage_lost: bool = False) -> None:
         self.hub.publish(
             step.reply_to,
-            pb.StepResult(
-                session_id=step.session_id, step_id=step.step_id, token_id=-1, error=error, failed_stage=self._stage_index()
-            ),
+            pb.StepResult(session_id=step.session_id, step_id=step.step_id, token_id=-1, error=error,
+                          failed_stage=self._stage_index(), stage_lost=stage_lost),
         )
 
     def _report_lost(self, step: pb.Step, error: str) -> None:
         self.metrics.error("next_stage_unreachable")
-        self._report(step, error)
+        self._report(step, error, stage_lost=True)
 
     @staticmethod
     def _is_small(step: pb.Step) -> bool:
@@ -254,7 +287,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             current = self.slice
             if current is None:
                 self.metrics.error("no_slice")
-                self._report(step, "worker has no slice loaded")
+                self._report(step, "worker has no slice loaded", stage_lost=True)
                 continue
             timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns)
             try:
@@ -266,6 +299,12 @@ class WorkerService(pb_grpc.WorkerServicer):
                     out, timing.compute_start_ns, timing.compute_end_ns = await loop.run_in_executor(
                         self.compute, self._timed_run, current.runner, step
                     )
+            except StepRefused as exc:
+                # The session was not touched (unknown, ended, another position): it goes on, and
+                # only the step's reply_to hears of the refusal.
+                self.metrics.error("invalid_step")
+                self._report(step, str(exc))
+                continue
             except StepError as exc:
                 self.metrics.error("invalid_step")
                 self._fail_session(current, step, str(exc))

@@ -15,6 +15,8 @@ import grpc
 
 from node import sysinfo
 from node.advertise import Advertiser
+from node.cluster_auth import ClusterAuth, RequireSecret, TlsMaterial, is_loopback_address, server_credentials
+from node.lenient_decode import LenientDecoding
 from node.metrics_endpoint import start_metrics_server
 from node.server import WorkerService
 from proto import boltpipe_pb2_grpc as pb_grpc
@@ -37,7 +39,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve Prometheus metrics on this port (0: none)")
     parser.add_argument("--config", help="a JSON file of these settings (written by `cluster up` on deployed nodes); "
                         "options given on the command line win")
+    parser.add_argument("--secret-file", help="the cluster secret every call must carry (a file only you can read)")
+    parser.add_argument("--tls-dir", help="a directory with the cluster's ca.pem and this worker's worker.pem and "
+                        "worker.key: mutual TLS on links beyond loopback")
     parser.add_argument("--log-level", default="INFO")
+    # Set by `cluster up` in the --config file only (a command line is visible to every user).
+    for hidden in ("--secret", "--tls-ca", "--tls-cert", "--tls-key"):
+        parser.add_argument(hidden, default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tls-on-loopback", action="store_true", help=argparse.SUPPRESS)
 
 
 async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
@@ -48,13 +57,39 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
 
 
+def worker_auth(args: argparse.Namespace) -> ClusterAuth:
+    secret = args.secret
+    if not secret and args.secret_file:
+        try:
+            secret = open(args.secret_file).read().strip()
+        except OSError as exc:
+            raise SystemExit(f"error: cannot read the cluster secret {args.secret_file}: {exc.strerror}")
+    tls = None
+    if args.tls_cert:
+        tls = TlsMaterial(args.tls_ca.encode(), args.tls_cert.encode(), args.tls_key.encode())
+    elif args.tls_dir:
+        try:
+            tls = TlsMaterial(*(open(os.path.join(args.tls_dir, f), "rb").read()
+                                for f in ("ca.pem", "worker.pem", "worker.key")))
+        except OSError as exc:
+            raise SystemExit(f"error: --tls-dir {args.tls_dir}: {exc.strerror}: {exc.filename}")
+    return ClusterAuth(secret, tls, tls_on_loopback=args.tls_on_loopback)
+
+
 async def serve(args: argparse.Namespace) -> int:
-    server = grpc.aio.server(options=grpc_options())
-    service = WorkerService(args.name, idle_timeout_s=args.idle_timeout, listen_host=args.host)
+    auth = worker_auth(args)
+    interceptors = ([RequireSecret(auth.secret)] if auth.secret else []) + [LenientDecoding()]
+    server = grpc.aio.server(options=grpc_options(), interceptors=interceptors)
+    service = WorkerService(args.name, idle_timeout_s=args.idle_timeout, listen_host=args.host, auth=auth)
     pb_grpc.add_WorkerServicer_to_server(service, server)
     address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+    tls = auth.uses_tls(address)
+    if not auth.secret:
+        log.warning("no cluster secret (--secret-file): anyone who can reach this worker can drive it")
+    if not tls and not is_loopback_address(address):
+        log.warning("listening beyond loopback without TLS (--tls-dir): steps and prompts cross the network in clear")
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, server_credentials(auth.tls)) if tls else server.add_insecure_port(address)
     except RuntimeError:
         port = 0
     if port == 0:
@@ -90,7 +125,8 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-CONFIG_KEYS = ("host", "port", "name", "idle_timeout", "no_advertise", "metrics_port", "log_level")
+CONFIG_KEYS = ("host", "port", "name", "idle_timeout", "no_advertise", "metrics_port", "log_level", "secret",
+               "tls_ca", "tls_cert", "tls_key", "tls_on_loopback")
 
 
 def apply_config_file(args: argparse.Namespace) -> argparse.Namespace:

@@ -227,7 +227,7 @@ class TopLogprob(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., logprob: _Optional[float] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("session_id", "step_id", "token_id", "logprob", "top_logprobs", "timings", "error", "failed_stage", "decode")
+    __slots__ = ("session_id", "step_id", "token_id", "logprob", "top_logprobs", "timings", "error", "failed_stage", "decode", "stage_lost")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +237,7 @@ class StepResult(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_LOST_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step_id: int
     token_id: int
@@ -246,7 +247,8 @@ class StepResult(_message.Message):
     error: str
     failed_stage: int
     decode: bool
-    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., error: _Optional[str] = ..., failed_stage: _Optional[int] = ..., decode: _Optional[bool] = ...) -> None: ...
+    stage_lost: bool
+    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., error: _Optional[str] = ..., failed_stage: _Optional[int] = ..., decode: _Optional[bool] = ..., stage_lost: _Optional[bool] = ...) -> None: ...
 
 class StepAck(_message.Message):
     __slots__ = ("error",)

@@ -11,6 +11,7 @@ from cluster.inventory import Inventory, load_inventory
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 from tests.cli_runner import kill_all, leftovers, run_cli
+from tests.cluster_secret import secret_metadata
 from tests.cluster_harness import write_inventory
 
 
@@ -29,13 +30,15 @@ class ApiCluster:
         counts = []
         for node in self.inventory.nodes:
             with grpc.insecure_channel(node.address) as channel:
-                counts.append(pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=5).active_sessions)
+                info = pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=5,
+                                                           metadata=secret_metadata(self.inventory, self.home))
+                counts.append(info.active_sessions)
         return counts
 
 
-def start_api_cluster(directory: Path, model_dir: Path, *, serve: dict) -> ApiCluster:
+def start_api_cluster(directory: Path, model_dir: Path, *, serve: dict, extra: dict | None = None) -> ApiCluster:
     inventory_path = write_inventory(directory, nodes=3, model_path=model_dir, name="api", serve=serve,
-                                     model_name="smollm2-135m-instruct")
+                                     model_name="smollm2-135m-instruct", extra=extra)
     home = directory / "home"
     up = run_cli(["up", str(inventory_path), "--detach", "--no-progress"], home, timeout=300)
     if up.returncode != 0:

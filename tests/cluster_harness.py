@@ -39,6 +39,7 @@ def write_inventory(
     name: str = "test",
     serve: dict | None = None,
     model_name: str | None = None,
+    extra: dict | None = None,
 ) -> Path:
     ports = free_ports(nodes + 1)
     data: dict = {
@@ -49,6 +50,7 @@ def write_inventory(
     }
     if prefill_chunk:
         data["pipeline"] = {"prefill_chunk": prefill_chunk}
+    data |= extra or {}
     path = directory / f"{name}-{nodes}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -241,7 +241,8 @@ def test_model_name_must_be_a_string(tmp_path: Path) -> None:
 
 def test_unknown_top_level_key(tmp_path: Path) -> None:
     problem = the_problem(valid(nodez=[]), tmp_path)
-    assert problem.startswith("inventory.nodez: unknown field (allowed: cluster, model, nodes, serve, pipeline, discovery, ssh)")
+    assert problem.startswith("inventory.nodez: unknown field (allowed: cluster, model, nodes, serve, pipeline, discovery, "
+                              "ssh, security)")
 
 
 def test_unknown_model_key(tmp_path: Path) -> None:
@@ -259,13 +260,35 @@ def test_unknown_serve_key(tmp_path: Path) -> None:
     problem = the_problem(valid(serve={"port": 8000, "tls": True}), tmp_path)
     assert problem == (
         "serve.tls: unknown field (allowed: host, port, max_concurrent, max_queue, queue_timeout_s, "
-        "request_timeout_s, context_length)"
+        "request_timeout_s, context_length, replay, replay_timeout_s, api_keys)"
     )
 
 
 def test_unknown_pipeline_key(tmp_path: Path) -> None:
     problem = the_problem(valid(pipeline={"prefill_chunk": 64, "batch": 4}), tmp_path)
-    assert problem == "pipeline.batch: unknown field (allowed: prefill_chunk, kv_budget_mb, runtime_overhead_mb)"
+    assert problem == ("pipeline.batch: unknown field (allowed: prefill_chunk, kv_budget_mb, runtime_overhead_mb, "
+                       "health_interval_s, health_timeout_s)")
+
+
+def test_fault_and_security_settings_and_their_defaults(tmp_path: Path) -> None:
+    inv = parse_inventory(valid(), source=tmp_path / "inv.yaml")
+    assert (inv.replay, inv.replay_timeout_s, inv.health_interval_s, inv.health_timeout_s) == (True, 120.0, 1.0, 2.0)
+    assert inv.tls == "auto" and inv.api_keys == ()
+    inv = parse_inventory(valid(serve={"port": 8000, "replay": False, "api_keys": ["sk-0123456789"]},
+                                pipeline={"health_interval_s": 0.5}, security={"tls": "on"}),
+                          source=tmp_path / "inv.yaml")
+    assert (inv.replay, inv.api_keys, inv.health_interval_s, inv.tls) == (False, ("sk-0123456789",), 0.5, "on")
+
+
+def test_bad_fault_and_security_settings(tmp_path: Path) -> None:
+    assert the_problem(valid(serve={"port": 8000, "replay": "yes"}), tmp_path) == \
+        "serve.replay: expected true or false, got 'yes'"
+    assert the_problem(valid(serve={"port": 8000, "api_keys": ["short"]}), tmp_path).startswith(
+        "serve.api_keys: expected a list of keys (strings of 8 characters or more)")
+    assert the_problem(valid(security={"tls": "always"}), tmp_path) == \
+        "security.tls: expected auto, on or off, got 'always'"
+    assert the_problem(valid(pipeline={"health_timeout_s": 0}), tmp_path) == \
+        "pipeline.health_timeout_s: expected a number 0.05-60, got 0"
 
 
 def test_admission_limits_and_their_defaults(tmp_path: Path) -> None:
@@ -379,19 +402,19 @@ def test_same_port_on_different_hosts_is_fine(tmp_path: Path) -> None:
     assert [n.address for n in inv.nodes] == ["10.0.0.1:50061", "10.0.0.2:50061"]
 
 
-def test_backend_ane_is_refused_with_its_own_message(tmp_path: Path) -> None:
+def test_backend_ane_is_a_valid_choice(tmp_path: Path) -> None:
+    # Whether the node can run it is known only from its facts: the planner decides (test_coreml_plan.py).
     data = valid()
     data["nodes"][0]["backend"] = "ane"
-    problem = the_problem(data, tmp_path)
-    assert problem.startswith("nodes[0].backend: 'ane' (Core ML / Neural Engine) is not available")
-    assert "auto, gpu, cpu" in problem
+    inv = parse_inventory(data, source=tmp_path / "i.yaml")
+    assert [n.backend for n in inv.nodes] == ["ane", "cpu"]
 
 
 @pytest.mark.parametrize("backend", ["cuda", "GPU", "", 1])
 def test_unknown_backend(tmp_path: Path, backend) -> None:
     data = valid()
     data["nodes"][1]["backend"] = backend
-    assert the_problem(data, tmp_path) == f"nodes[1].backend: expected one of auto, gpu, cpu, got {backend!r}"
+    assert the_problem(data, tmp_path) == f"nodes[1].backend: expected one of auto, gpu, cpu, ane, got {backend!r}"
 
 
 @pytest.mark.parametrize("backend", ["auto", "gpu", "cpu"])
@@ -482,7 +505,7 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
         nodes:
           - name: w1
             port: 50061
-            backend: ane
+            backend: tpu
           - name: w1
             port: 99999
             weight: -2
@@ -495,7 +518,7 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
     expected_prefixes = [
         "inventory.colour: unknown field",
         "model: give exactly one of",
-        "nodes[0].backend: 'ane'",
+        "nodes[0].backend: expected one of auto, gpu, cpu, ane, got 'tpu'",
         "nodes[1].port: expected a port number 1-65535, got 99999",
         "nodes[1].weight: expected a positive number, got -2",
         "nodes[2].name: required",

@@ -20,6 +20,7 @@ from cluster.inventory import load_inventory
 from cluster.placement import format_bytes
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
+from tests.cluster_secret import secret_metadata
 from tests.cli_runner import kill_all, leftovers, run_cli
 from tests.cluster_harness import free_ports
 from tests.model_factory import model_bytes
@@ -91,9 +92,9 @@ def _reference(model_dir: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _worker_info(address: str) -> pb.NodeInfo:
+def _worker_info(address: str, metadata: list[tuple[str, str]]) -> pb.NodeInfo:
     with grpc.insecure_channel(address) as channel:
-        return pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=5)
+        return pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=5, metadata=metadata)
 
 
 def test_one_node_cannot_hold_it(big_model: Path, tmp_path: Path) -> None:
@@ -139,7 +140,7 @@ def test_three_nodes_serve_it_within_their_limits(big_model: Path, tmp_path: Pat
             "prompt": PROMPT_IDS, "max_tokens": MAX_TOKENS, "temperature": 0, "logprobs": 0,
         })
         assert reply.status_code == 200, reply.text
-        infos = [_worker_info(node.address) for node in inventory.nodes]
+        infos = [_worker_info(node.address, secret_metadata(inventory, home)) for node in inventory.nodes]
     finally:
         down = run_cli(["down", str(inventory_path)], home, timeout=60)
         left = leftovers(inventory_path, home)

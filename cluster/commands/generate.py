@@ -8,6 +8,7 @@ import sys
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+from cluster.api_keys import client_key
 from cluster.bringup import bring_up
 from cluster.engine import GenerationParams
 from cluster.inventory import Inventory, load_inventory
@@ -46,7 +47,7 @@ async def text_source(inventory: Inventory) -> AsyncIterator[HttpSource | LocalS
 
     state = is_serving(inventory)
     if state is not None:
-        yield HttpSource(state.url)
+        yield HttpSource(state.url, client_key(inventory))
         return
     print(f"(no cluster of {inventory.source.name} is up: starting one for this command; "
           f"`cluster up {inventory.source.name} --detach` keeps one running)", file=sys.stderr)

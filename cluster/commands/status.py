@@ -57,8 +57,8 @@ def metrics_url(spec: NodeSpec, info: pb.NodeInfo | str) -> str | None:
     return f"http://{spec.metrics_address}/metrics" if spec.metrics_address else None
 
 
-async def node_row(spec: NodeSpec) -> dict:
-    info = await node_info(spec)
+async def node_row(inventory: Inventory, spec: NodeSpec) -> dict:
+    info = await node_info(inventory, spec)
     row = {"node": spec.name, "address": spec.address if spec.host else "bonjour", "reachable": True, "state": "",
            "layers": "", "backend": "", "memory": "", "sessions": None, "step_ms": None,
            "metrics": metrics_url(spec, info)}
@@ -80,7 +80,7 @@ async def node_row(spec: NodeSpec) -> dict:
 
 
 async def status_rows(inventory: Inventory) -> list[dict]:
-    return list(await asyncio.gather(*(node_row(n) for n in inventory.nodes)))
+    return list(await asyncio.gather(*(node_row(inventory, n) for n in inventory.nodes)))
 
 
 async def _scrape(session: aiohttp.ClientSession, url: str | None) -> Scrape | None:

@@ -20,6 +20,7 @@ from cluster.node_health import serving_problems
 from cluster.ssh_deploy import DeployReport, deployed_nodes, deploy_workers
 from cluster.placement import format_bytes
 from cluster import paths
+from cluster.api_keys import server_keys
 from deploy.prometheus_targets import TARGETS_FILE, install_config, shared_targets_path, targets, write_targets
 from deploy.local import log_tail, pid_alive, port_in_use, stop_pids
 
@@ -133,8 +134,18 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
             return 130
         stopper.cancel()
         cluster = bring.result()
+
+        def worker_restarted(worker) -> None:
+            # `cluster down` stops workers by the pids in the state file.
+            state.workers = [WorkerRecord(w.name, w.pid, w.port) for w in cluster.local_workers]
+            state.save(run_dir)
+
+        cluster.on_worker_restart = worker_restarted
+        keys, note = server_keys(inventory)
+        if note:
+            print(f"boltpipe: {note}", flush=True)
         api = OpenAIServer(cluster.engine, cluster.model_name, cluster.admission, cluster.metrics,
-                           ServeLimits(cluster.context_length, inventory.request_timeout_s, cluster.vanished))
+                           ServeLimits(cluster.context_length, inventory.request_timeout_s, cluster.vanished, keys))
         runner = api.runner(api.app())
         await runner.setup()
         try:

@@ -1,0 +1,126 @@
+"""Soak, bounded and on loopback: a couple of hundred requests from several clients while workers
+are killed at random (the coordinator starts them again). Every request must end either complete
+and equal to mlx-lm's greedy text, or with an explicit error; none may hang; afterwards no session
+is left on any worker and no worker's memory has grown. Prints the tally."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+
+from tests.api_cluster import start_api_cluster, stop_api_cluster
+from tests.cluster_harness import worker_processes
+from tests.metrics_scrape import coordinator_total
+from tests.reference import reference_text, tokenizer_for
+
+MODEL = "smollm2-135m-instruct"
+CLIENTS = 4
+REQUESTS = 200
+MAX_TOKENS = 8
+HANG_S = 150.0        # a request still open after this counts as hung
+KILL_EVERY_S = (10.0, 20.0)  # a worker takes a few seconds to start and load again
+MAX_KILLS = 12
+PROMPTS = ["What is the capital of France?", "Name a primary color.", "What is 7 times 8?", "Who wrote Hamlet?",
+           "Say hello in Spanish.", "What is the largest planet?"]
+
+
+def _rss(ports: list[int]) -> dict[int, int]:
+    return {p.pid: p.memory_info().rss for p in worker_processes(ports)}
+
+
+def test_soak_with_workers_killed_at_random(tmp_path: Path, smollm2_dir: Path) -> None:
+    tokenizer = tokenizer_for(smollm2_dir)
+    expected = {p: reference_text(smollm2_dir, tokenizer.encode_chat([{"role": "user", "content": p}]), MAX_TOKENS)
+                for p in PROMPTS}
+    api = start_api_cluster(tmp_path, smollm2_dir, serve={"max_concurrent": CLIENTS, "context_length": 512,
+                                                          "request_timeout_s": 120})
+    ports = [n.port for n in api.inventory.nodes]
+    tally: Counter[str] = Counter()
+    wrong: list[str] = []
+    lock = threading.Lock()
+    next_request = iter(range(REQUESTS))
+    stop = threading.Event()
+    try:
+        client = openai.OpenAI(base_url=api.base_url, api_key="unused", timeout=HANG_S, max_retries=0)
+        for prompt in PROMPTS:  # warm every worker before its memory is the baseline
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                           max_tokens=MAX_TOKENS, temperature=0)
+        baseline = max(_rss(ports).values())
+        replays_before = coordinator_total(api, "boltpipe_coordinator_replays_total")
+
+        def run_client(index: int) -> None:
+            for n in next_request:
+                prompt = PROMPTS[(n + index) % len(PROMPTS)]
+                try:
+                    stream = client.chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=MAX_TOKENS,
+                        temperature=0, stream=bool(n % 2))
+                    text = ("".join(c.choices[0].delta.content or "" for c in stream if c.choices) if n % 2
+                            else stream.choices[0].message.content)
+                    outcome = "completed" if text == expected[prompt] else "wrong"
+                    if outcome == "wrong":
+                        wrong.append(f"{prompt!r}: {text!r} != {expected[prompt]!r}")
+                except openai.APITimeoutError:
+                    outcome = "hung"
+                except (openai.APIStatusError, openai.APIError):
+                    outcome = "errored"  # an explicit error: a status code or an SSE error event
+                with lock:
+                    tally[outcome] += 1
+
+        def chaos() -> None:
+            rng = random.Random(7)
+            kills = 0
+            while kills < MAX_KILLS and not stop.wait(rng.uniform(*KILL_EVERY_S)):
+                victims = worker_processes(ports)
+                if victims:
+                    rng.choice(victims).send_signal(signal.SIGKILL)
+                    kills += 1
+                    with lock:
+                        tally["workers killed"] += 1
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=run_client, args=(i,)) for i in range(CLIENTS)]
+        killer = threading.Thread(target=chaos)
+        for thread in threads + [killer]:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=HANG_S * REQUESTS / CLIENTS)
+        stop.set()
+        killer.join()
+        elapsed = time.monotonic() - started
+        assert not any(t.is_alive() for t in threads), "a client never finished"
+        tally["replayed"] = int(coordinator_total(api, "boltpipe_coordinator_replays_total") - replays_before)
+
+        # Every worker serves again, holds no session, and has not grown.
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{api.inventory.url}/health", timeout=5).json()["status"] != "ok":
+            assert time.monotonic() < deadline, "the cluster did not recover"
+            time.sleep(0.5)
+        deadline = time.monotonic() + 15
+        while any(api.worker_sessions()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sessions = api.worker_sessions()
+        after = _rss(ports)
+        print(f"\nsoak: {REQUESTS} requests from {CLIENTS} clients in {elapsed:.0f} s: " +
+              ", ".join(f"{k} {v}" for k, v in sorted(tally.items())) +
+              f"; sessions left {sessions}; worker RSS {baseline / 1e6:.0f} MB before, "
+              f"{max(after.values()) / 1e6:.0f} MB after (largest)")
+        assert tally["completed"] + tally["errored"] + tally["wrong"] + tally["hung"] == REQUESTS
+        assert tally["hung"] == 0 and not wrong, wrong
+        assert tally["workers killed"] >= 5 and tally["replayed"] >= 1
+        assert tally["completed"] >= REQUESTS * 0.8
+        assert sessions == [0, 0, 0]
+        assert max(after.values()) < baseline * 1.25 + 50e6
+    finally:
+        stop.set()
+        stop_api_cluster(api)
+        for proc in worker_processes(ports):
+            proc.kill()
