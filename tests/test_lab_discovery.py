@@ -56,9 +56,22 @@ def _wait_ready(log: Path, proc: subprocess.Popen, timeout_s: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def workers(lab: Lab, tmp_path_factory):
-    """`cluster worker` in each host namespace, listening on all its addresses (so it advertises)."""
+def cluster_dir(tmp_path_factory) -> Path:
+    """Where the served cluster's inventory and BOLTPIPE_HOME live: its credentials are made there
+    (`cluster credentials`) before the workers start, as a person starting workers by hand would."""
+    return tmp_path_factory.mktemp("lab-cluster")
+
+
+@pytest.fixture(scope="module")
+def workers(lab: Lab, tmp_path_factory, cluster_dir: Path, smollm2_dir: Path):
+    """`cluster worker` in each host namespace, listening on all its addresses (so it advertises),
+    with the cluster's secret and TLS files: the links cross the lab's network in mutual TLS."""
     logs = tmp_path_factory.mktemp("lab-logs")
+    inventory = write_lab_inventory(cluster_dir, lab, smollm2_dir, [f"lab-{h}" for h in WORKERS], timeout_s=30)
+    creds = cluster_dir / "credentials"
+    made = subprocess.run([sys.executable, "-m", "cluster", "credentials", str(inventory), str(creds)],
+                          env=cli_env(cluster_dir / "home"), capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
     procs: dict[str, subprocess.Popen] = {}
     try:
         for host in WORKERS:
@@ -66,7 +79,8 @@ def workers(lab: Lab, tmp_path_factory):
             with open(log, "wb") as out:
                 procs[host] = subprocess.Popen(
                     lab.command(host, [sys.executable, "-m", "node", "--host", "0.0.0.0", "--port", str(PORT),
-                                       "--name", f"lab-{host}"]),
+                                       "--name", f"lab-{host}", "--secret-file", str(creds / "cluster-secret"),
+                                       "--tls-dir", str(creds)]),
                     stdout=out, stderr=subprocess.STDOUT, env=cli_env(logs, PYTHONUNBUFFERED="1"))
         for host in WORKERS:
             _wait_ready(logs / f"{host}.log", procs[host], 90)
@@ -132,8 +146,8 @@ def test_a_named_node_that_never_appears_fails_up_naming_it(lab: Lab, workers, t
             proc.kill()
 
 
-def test_coordinator_finds_workers_by_bonjour_alone_and_serves(lab: Lab, workers, tmp_path: Path, smollm2_dir: Path):
-    home = tmp_path / "home"
+def test_coordinator_finds_workers_by_bonjour_alone_and_serves(lab: Lab, workers, cluster_dir: Path, smollm2_dir: Path):
+    home = cluster_dir / "home"
     names = [f"lab-{h}" for h in WORKERS]
     waited = python_in_coord(lab, f"""
         import asyncio, time
@@ -157,7 +171,7 @@ def test_coordinator_finds_workers_by_bonjour_alone_and_serves(lab: Lab, workers
         assert advert["usable_memory_bytes"] > 0 and advert["machine"]
         assert [(i["address"], i["kind"]) for i in advert["interfaces"]] == [(lab.hosts[host], "ethernet")]
 
-    inventory = write_lab_inventory(tmp_path, lab, smollm2_dir, names, timeout_s=30)
+    inventory = write_lab_inventory(cluster_dir, lab, smollm2_dir, names, timeout_s=30)
     plan = cluster_cli(lab, ["plan", str(inventory)], home)
     assert plan.returncode == 0, plan.stderr
     print(plan.stdout)
@@ -167,10 +181,21 @@ def test_coordinator_finds_workers_by_bonjour_alone_and_serves(lab: Lab, workers
     up = cluster_cli(lab, ["up", str(inventory), "--detach", "--no-progress"], home)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
+        # The API listens beyond loopback and the inventory sets no key: `cluster up` made one.
+        log = next((home / "run").glob("*/coordinator.log")).read_text()
+        assert "clients must send `Authorization: Bearer <key>`" in log
+        key = next((home / "secrets").glob("*/api-key")).read_text().strip()
         prompt = "What is the capital of France?"
+        refused = python_in_coord(lab, f"""
+            import httpx
+            print(httpx.post("http://{lab.hosts['coord']}:{SERVE_PORT}/v1/chat/completions", timeout=30,
+                             json={{"messages": [{{"role": "user", "content": "Hi"}}]}}).status_code, end="")
+        """, home)
+        assert refused == "401"
         answer = python_in_coord(lab, f"""
             import httpx
             r = httpx.post("http://{lab.hosts['coord']}:{SERVE_PORT}/v1/chat/completions", timeout=120,
+                           headers={{"Authorization": "Bearer {key}"}},
                            json={{"messages": [{{"role": "user", "content": {prompt!r}}}], "max_tokens": 16, "temperature": 0}})
             r.raise_for_status()
             print(r.json()["choices"][0]["message"]["content"], end="")
