@@ -97,7 +97,9 @@ class PipelineClient:
             except asyncio.CancelledError:
                 return
             # A queue per stream, replaced at once: steps the broken stream still held belong to
-            # requests just failed; steps of requests that come next wait for the new stream.
+            # requests just failed; steps of requests that come next wait for the new stream. The
+            # sentinel ends the old stream's request iterator (else it lingers, pending, until GC).
+            self._outbox.put_nowait(None)
             self._outbox = asyncio.Queue()
             await asyncio.sleep(RECONNECT_S)
 

@@ -208,6 +208,12 @@ ALLOWED = {
 }
 
 
+async def _on_every_stage(p: Pipeline, call) -> list:
+    """`call(stub)` for every stage, made on the pipeline's own loop (a gRPC call is bound to the
+    loop it is created on; the test's thread has none)."""
+    return await gather(*(call(stub) for stub in p.stubs))
+
+
 def test_fuzzing_never_kills_a_worker_and_valid_sessions_complete(pipeline, prompt_and_reference) -> None:
     prompt_ids, expected = prompt_and_reference
     p = pipeline
@@ -247,7 +253,7 @@ def test_fuzzing_never_kills_a_worker_and_valid_sessions_complete(pipeline, prom
         assert tokens == expected, "a valid session running alongside the fuzzing diverged from mlx-lm"
     # Stage 0 forwards only what stage 1 accepts: the two stages' checks agree.
     assert "refused a step" not in p.logs[0].read_text()
-    infos = p.io.run(gather(*(stub.GetInfo(pb.InfoRequest(), timeout=30) for stub in p.stubs)))
+    infos = p.io.run(_on_every_stage(p, lambda stub: stub.GetInfo(pb.InfoRequest(), timeout=30)))
     assert all(i.loaded for i in infos) and [i.slice for i in infos] == p.specs, "the slices are the ones loaded"
     assert [i.active_sessions for i in infos] == [0, 0], "every session the fuzzing opened was ended"
 
@@ -272,7 +278,7 @@ def test_a_message_over_the_limit_is_refused_by_grpc_and_the_worker_serves_on(pi
         assert p.io.run(_send_raw_step(address, MAX_MESSAGE_BYTES + 1)) == grpc.StatusCode.RESOURCE_EXHAUSTED
     for pid in p.pids:
         assert pid_alive(pid)
-    healths = p.io.run(gather(*(stub.Health(pb.HealthRequest(), timeout=30) for stub in p.stubs)))
+    healths = p.io.run(_on_every_stage(p, lambda stub: stub.Health(pb.HealthRequest(), timeout=30)))
     assert [h.status for h in healths] == ["serving", "serving"]
     prompt_ids, expected = prompt_and_reference
     sessions = ValidSessions(p, prompt_ids)
