@@ -11,6 +11,13 @@ from prometheus_client import ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
 
+def memory_limit_bytes(info) -> int:
+    """What a worker may use: the plan's budget for it, else what its machine can give."""
+    if info.loaded and info.slice.memory_limit_bytes:
+        return info.slice.memory_limit_bytes
+    return info.usable_memory_bytes
+
+
 class WorkerCollector:
     def __init__(self, name: str, service):
         self.name = name
@@ -26,7 +33,7 @@ class WorkerCollector:
                                       "backend": (info.slice.backend or "mlx") if info.loaded else "",
                                       "layer_start": str(info.slice.layer_start) if info.loaded else "",
                                       "layer_end": str(info.slice.layer_end) if info.loaded else ""})
-        limit = info.slice.memory_limit_bytes if info.loaded and info.slice.memory_limit_bytes else info.usable_memory_bytes
+        limit = memory_limit_bytes(info)
         for metric, help_text, value in (
             ("boltpipe_worker_loaded", "1 when a layer slice is loaded", int(info.loaded)),
             ("boltpipe_worker_layers", "layers held by this worker", layers),

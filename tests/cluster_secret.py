@@ -9,7 +9,11 @@ from cluster.inventory import Inventory
 from node.cluster_auth import SECRET_METADATA
 
 
+def secrets_dir(inventory: Inventory, home: Path) -> Path:
+    """Where `cluster up` with BOLTPIPE_HOME=home keeps this cluster's credentials."""
+    return home / "secrets" / paths.run_dir(inventory.source, inventory.name).name
+
+
 def secret_metadata(inventory: Inventory, home: Path) -> list[tuple[str, str]]:
     """The gRPC metadata of a cluster whose `cluster up` ran with BOLTPIPE_HOME=home."""
-    key = paths.run_dir(inventory.source, inventory.name).name
-    return [(SECRET_METADATA, (home / "secrets" / key / "cluster-secret").read_text().strip())]
+    return [(SECRET_METADATA, (secrets_dir(inventory, home) / "cluster-secret").read_text().strip())]

@@ -14,7 +14,6 @@ import httpx
 import openai
 import pytest
 
-from cluster import paths
 from cluster.api_keys import server_keys
 from cluster.credentials import issue, make_ca
 from cluster.inventory import parse_inventory
@@ -22,7 +21,7 @@ from node.cluster_auth import ClusterAuth, TlsMaterial
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 from tests.api_cluster import ApiCluster, start_api_cluster, stop_api_cluster
-from tests.cluster_secret import secret_metadata
+from tests.cluster_secret import secret_metadata, secrets_dir
 from tests.reference import reference_text, tokenizer_for
 
 KEY = "sk-test-0123456789abcdef"
@@ -41,7 +40,7 @@ def secured(tmp_path_factory, smollm2_dir: Path):
 
 
 def _secrets(api: ApiCluster) -> Path:
-    return api.home / "secrets" / paths.run_dir(api.inventory.source, api.inventory.name).name
+    return secrets_dir(api.inventory, api.home)
 
 
 def _material(api: ApiCluster, who: str) -> TlsMaterial:

@@ -22,6 +22,7 @@ from cluster.state import live_state, run_dir_for
 from deploy import remote_worker
 from deploy.ssh import SshError, connect
 from deploy.text_table import format_rows
+from node.metrics_endpoint import memory_limit_bytes
 from proto import boltpipe_pb2 as pb
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
@@ -67,8 +68,7 @@ async def node_row(inventory: Inventory, spec: NodeSpec) -> dict:
         if info.loaded:
             row["layers"] = f"[{info.slice.layer_start},{info.slice.layer_end})"
             row["backend"] = info.slice.backend
-        limit = info.slice.memory_limit_bytes if info.loaded and info.slice.memory_limit_bytes else info.usable_memory_bytes
-        row["memory"] = f"{format_bytes(info.rss_bytes)} / {format_bytes(limit)}"
+        row["memory"] = f"{format_bytes(info.rss_bytes)} / {format_bytes(memory_limit_bytes(info))}"
         row["sessions"] = info.active_sessions
         row["step_ms"] = round(info.recent_step_ms, 2) if info.recent_step_ms else None
         return row
