@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cluster.api_keys import secrets_dir, write_private
 from cluster.inventory import Inventory, NodeSpec
+from cluster.paths import secrets_dir, write_private
 from node.cluster_auth import WORKER_TLS_NAME, ClusterAuth, TlsMaterial, is_loopback_address
 
 VALID_DAYS = 3650

@@ -1,10 +1,10 @@
 """Errors that are the user's to fix: printed as one clear message, no traceback."""
 
-from cluster.bringup import BringUpError
-from cluster.demo_model import DemoModelMissing
 from cluster.inventory import InventoryError
-from cluster.pipeline_client import PipelineError
-from cluster.placement import PlanError
+from cluster.launch.bring_up import BringUpError
+from cluster.launch.demo_model import DemoModelMissing
+from cluster.pipeline.pipeline_client import PipelineError
+from cluster.planning.placement import PlanError
 from cluster.state import StateError
 from deploy.install import WheelBuildError
 from deploy.local import WorkerStartError

@@ -12,8 +12,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from deploy.text_table import format_rows
 from deploy.probe import PROBE_SCRIPT, Finding, NodeProbe, check_node, parse_probe
+from deploy.text_table import format_rows
 
 DOCTOR_SERVICE_TYPE = "_boltpipe-doctor._tcp.local."
 _MDNS_HINT = (

@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from deploy.hf_select import SMALL_FILES, download_stage_files, files_for_stage
-from deploy.shards import INDEX_FILE
+from deploy.hf_select import download_stage_files
+from deploy.stage_tensors import INDEX_FILE, SMALL_FILES, files_for_stage
 
 
 def main(argv: list[str] | None = None) -> int:

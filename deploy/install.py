@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import pidfile_service
-from deploy.ssh import NodeConnection, quote
 from deploy.shards import file_sha256
+from deploy.ssh import NodeConnection, quote
 from deploy.transfer import push_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence

@@ -17,27 +17,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import struct
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable
 
+from deploy.stage_tensors import INDEX_FILE, SMALL_FILES, WEIGHTS_FILE, files_for_stage, stage_tensor_names
 from node.model_config import SHARD_MANIFEST, read_model_info
 from node.model_sizes import ModelSizeError, SafetensorsHeader, TensorEntry, read_safetensors_header
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
 
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-# Files besides the weights that a worker reads; not the tokenizer: workers never tokenize.
-SMALL_FILES = ("config.json", "generation_config.json")
 CHUNK_BYTES = 8 << 20
-
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
 class ShardError(ValueError):
@@ -80,38 +74,6 @@ class ShardManifest:
         for name, d in sorted(self.files.items()):
             digest.update(f"{name}:{d.sha256}\n".encode())
         return f"{self.layer_start}-{self.layer_end}-{digest.hexdigest()[:16]}"
-
-
-def stage_tensor_names(names: Iterable[str], layer_start: int, layer_end: int, num_layers: int,
-                       tied: bool) -> list[str]:
-    """The tensors (sorted) that a stage holding layers [layer_start, layer_end) needs.
-
-    Layers: model.layers.{i}.* for its own i. First stage: model.embed_tokens.*. Last stage:
-    model.norm.* and lm_head.*, and the embedding too when tied (the head reuses it). A tensor that is
-    neither a layer's nor one of these (e.g. a rotary table some exporters write) goes to every stage:
-    copying a few stray bytes is cheaper than losing something a model class needs, and a loader
-    ignores what its model does not use.
-    """
-    if not 0 <= layer_start < layer_end <= num_layers:
-        raise ValueError(f"layer range [{layer_start}, {layer_end}) is not within the model's {num_layers} layers")
-    first, last = layer_start == 0, layer_end == num_layers
-    keep: set[str] = set()
-    for name in names:
-        if m := _LAYER.match(name):
-            index = int(m.group(1))
-            if index >= num_layers:
-                raise ValueError(f"tensor {name!r} belongs to layer {index}, beyond the model's {num_layers} layers; "
-                                 "is num_layers right?")
-            wanted = layer_start <= index < layer_end
-        elif name.startswith("model.embed_tokens."):
-            wanted = first or (last and tied)
-        elif name.startswith(("model.norm.", "lm_head.")):
-            wanted = last
-        else:
-            wanted = True
-        if wanted:
-            keep.add(name)
-    return sorted(keep)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -249,8 +211,6 @@ def _stage_tensors(model_dir: Path, start: int, end: int, num_layers: int, tied:
     index_path = model_dir / INDEX_FILE
     expected: list[str] | None = None
     if index_path.is_file():
-        from deploy.hf_select import files_for_stage  # not at the top: hf_select imports this module
-
         try:
             index = json.loads(index_path.read_text())
             weight_map = index["weight_map"]

@@ -13,7 +13,6 @@ from typing import Callable
 
 import asyncssh
 
-from deploy.shards import file_sha256
 from deploy.ssh import NodeConnection, RemoteCommandError, quote
 
 CHUNK = 1 << 20

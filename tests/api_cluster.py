@@ -11,8 +11,8 @@ from cluster.inventory import Inventory, load_inventory
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
 from tests.cli_runner import kill_all, leftovers, run_cli
-from tests.cluster_secret import secret_metadata
 from tests.cluster_harness import write_inventory
+from tests.cluster_secret import secret_metadata
 
 
 @dataclass

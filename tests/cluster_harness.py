@@ -11,8 +11,8 @@ from typing import AsyncIterator
 import psutil
 import yaml
 
-from cluster.bringup import RunningCluster, bring_up
 from cluster.inventory import Inventory, load_inventory
+from cluster.launch.bring_up import RunningCluster, bring_up
 
 
 def free_ports(n: int) -> list[int]:

@@ -21,7 +21,7 @@ SHARED_DATA = _SHARED_DATA if (_SHARED_DATA / "smollm2-token-ids.json").is_file(
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from cluster.demo_model import bundled_gguf_path
+    from cluster.launch.demo_model import bundled_gguf_path
 
     return bundled_gguf_path()
 

@@ -13,7 +13,7 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 from mlx_lm.utils import load_model
 
-from cluster.tokenizer import PromptTokenizer
+from cluster.pipeline.tokenizer import PromptTokenizer
 
 # Layers 10 and 11 of SmolLM2: layer 11 builds the model's ~25 000 outlier activation, the hardest
 # case for fp16 (its square is far beyond fp16's range).

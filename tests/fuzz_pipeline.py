@@ -14,13 +14,13 @@ from typing import Iterator
 
 import grpc
 
-from cluster.pipeline_client import PipelineClient, StageEndpoint
-from cluster.stage_watch import WatchSettings
+from cluster.pipeline.pipeline_client import PipelineClient, StageEndpoint
+from cluster.pipeline.stage_watch import WatchSettings
 from deploy.local import LocalWorkerSpec, start_local_workers, stop_pids
 from node.cluster_auth import ClusterAuth
-from proto import grpc_options
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
+from proto import grpc_options
 from tests.cluster_harness import free_ports
 from tests.reference import tokenizer_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from cluster.live_metrics import parse_scrape
+from cluster.commands.live_metrics import parse_scrape
 from tests.api_cluster import ApiCluster
 
 

@@ -9,7 +9,7 @@ import mlx.core as mx
 from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
-from cluster.tokenizer import PromptTokenizer
+from cluster.pipeline.tokenizer import PromptTokenizer
 
 
 @lru_cache(maxsize=2)

@@ -1,4 +1,4 @@
-"""cluster.addresses: which receiver address a sender dials, and the Thunderbolt-aware pipeline order."""
+"""cluster.planning.addresses: which receiver address a sender dials, and the Thunderbolt-aware pipeline order."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.addresses import (
-    EXACT_ORDER_LIMIT,
-    LinkChoice,
-    choose_address,
-    choose_link,
-    count_thunderbolt_hops,
-    link_kind_between,
-    ring_order,
-    shares_subnet,
-)
+from cluster.planning.addresses import (EXACT_ORDER_LIMIT, LinkChoice, choose_address, choose_link,
+                                         count_thunderbolt_hops, link_kind_between, ring_order, shares_subnet)
 from node.interfaces import Interface
 
 

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from cluster.admission import Admission, AdmissionRefused, kv_bytes_per_token, session_limit
+from cluster.api.admission import Admission, AdmissionRefused
+from cluster.planning.kv_budget import kv_bytes_per_token, session_limit
 
 SMOLLM2 = {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.tokenizer import PromptTokenizer
+from cluster.pipeline.tokenizer import PromptTokenizer
 from tests.cli_runner import cli_env, kill_all, leftovers, run_cli
 from tests.cluster_harness import write_inventory
 from tests.reference import reference_text

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from cluster.api_keys import server_keys
+from cluster.api.api_keys import server_keys
 from cluster.credentials import issue, make_ca
 from cluster.inventory import parse_inventory
 from node.cluster_auth import ClusterAuth, TlsMaterial

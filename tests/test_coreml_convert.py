@@ -13,14 +13,31 @@ import pytest
 
 pytest.importorskip("coremltools")  # a declared dependency; this only makes a broken install readable
 
+from node.coreml.arch import read_arch  # noqa: E402
 from node.coreml.builder import HIDDEN_IN, HIDDEN_OUT, POSITION, state_names  # noqa: E402
 from node.coreml.interpreter import interpreters  # noqa: E402
-from node.coreml.package import FUNCTIONS, convert_slice, load_program, save_chunk, split_layers  # noqa: E402
+from node.coreml.package import (  # noqa: E402
+    FUNCTIONS,
+    convert_slice,
+    load_program,
+    save_chunk,
+    split_layers,
+)
 from node.coreml.settings import AneSettings  # noqa: E402
 from node.coreml.weights import read_slice_weights  # noqa: E402
-from node.coreml.arch import read_arch  # noqa: E402
-from tests.coreml_support import (CHUNK, CONTEXT, DECODE, END, PROMPT, START, TOLERANCE, from_channels_first,  # noqa: E402
-                                  mlx_reference, relative_error, to_channels_first)
+from tests.coreml_support import (  # noqa: E402
+    CHUNK,
+    CONTEXT,
+    DECODE,
+    END,
+    PROMPT,
+    START,
+    TOLERANCE,
+    from_channels_first,
+    mlx_reference,
+    relative_error,
+    to_channels_first,
+)
 
 SETTINGS = AneSettings(context_length=CONTEXT, prefill_chunk=CHUNK)
 STATE_SHAPE = (1, 3, CONTEXT, 64)   # SmolLM2: 3 KV heads of 64

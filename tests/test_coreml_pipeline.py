@@ -19,11 +19,24 @@ from mlx_lm.utils import load_model
 
 pytest.importorskip("coremltools")
 
-from cluster.engine import GenerationParams  # noqa: E402
-from cluster.tokenizer import PromptTokenizer  # noqa: E402
+from cluster.pipeline.engine import GenerationParams  # noqa: E402
+from cluster.pipeline.tokenizer import PromptTokenizer  # noqa: E402
 from node.coreml.availability import EXECUTOR_ENV  # noqa: E402
-from tests.cluster_harness import LoopCluster, free_ports, inventory_ports, worker_processes  # noqa: E402
-from tests.coreml_support import CHUNK, CONTEXT, END, START, TOLERANCE, mlx_reference, relative_error  # noqa: E402
+from tests.cluster_harness import (  # noqa: E402
+    LoopCluster,
+    free_ports,
+    inventory_ports,
+    worker_processes,
+)
+from tests.coreml_support import (  # noqa: E402
+    CHUNK,
+    CONTEXT,
+    END,
+    START,
+    TOLERANCE,
+    mlx_reference,
+    relative_error,
+)
 
 NEW_TOKENS = 16
 PROMPTS = ["What is the capital of France?", "def fibonacci(n):\n"]

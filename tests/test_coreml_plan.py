@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.cluster_plan import make_plan, plan_table
 from cluster.inventory import parse_inventory
-from cluster.node_facts import LOOPBACK, NodeFacts
-from cluster.placement import PlacementError
+from cluster.planning.cluster_plan import make_plan, plan_table
+from cluster.planning.node_facts import LOOPBACK, NodeFacts
+from cluster.planning.placement import PlacementError
 from node.coreml.settings import MAX_CONTEXT, parse_backend
 from node.model_config import read_model_info
 from node.model_sizes import read_model_sizes

@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 
 from node.gguf import GGUFImportError, import_gguf
-from tests.gguf_writer import (
-    BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q8_0, Tensor, random_tensor, tiny_llama_metadata, tiny_llama_tensors,
-    write_gguf, write_tiny_llama,
-)
+from tests.gguf_writer import (BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q8_0, Tensor, random_tensor, tiny_llama_metadata,
+                               tiny_llama_tensors, write_gguf, write_tiny_llama)
 
 SUPPORTED_TYPES = "F32, F16, BF16, Q4_0, Q4_1, Q8_0"
 

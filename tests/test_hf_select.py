@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deploy.hf_fetch import main as hf_fetch_main
-from deploy.hf_select import SMALL_FILES, files_for_stage
+from deploy.stage_tensors import SMALL_FILES, files_for_stage
 from tests.model_factory import write_random_llama
 
 F1, F2, F3, F4 = (f"model-0000{i}-of-00004.safetensors" for i in range(1, 5))

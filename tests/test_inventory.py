@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.inventory import (
-    BUNDLED_MODEL,
-    Inventory,
-    InventoryError,
-    ModelSpec,
-    NodeSpec,
-    load_inventory,
-    parse_inventory,
-)
+from cluster.inventory import (BUNDLED_MODEL, Inventory, InventoryError, ModelSpec, NodeSpec, load_inventory,
+                                parse_inventory)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 VALID: dict = {

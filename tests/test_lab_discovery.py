@@ -151,7 +151,7 @@ def test_coordinator_finds_workers_by_bonjour_alone_and_serves(lab: Lab, workers
     names = [f"lab-{h}" for h in WORKERS]
     waited = python_in_coord(lab, f"""
         import asyncio, time
-        from cluster.discovery import Browser
+        from cluster.planning.discovery import Browser
         async def main():
             t = time.monotonic()
             async with Browser() as b:

@@ -12,9 +12,9 @@ import pytest
 
 from node.lenient_decode import LenientDecoding
 from node.server import WorkerService
-from proto import grpc_options
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
+from proto import grpc_options
 
 GARBAGE = b"\x00\x00\x00"  # field number 0: never a valid protobuf
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from cluster.live_metrics import (Scrape, bucket_increase, counter_rate, histogram_quantile, node_figures,
-                                  parse_scrape)
+from cluster.commands.live_metrics import (Scrape, bucket_increase, counter_rate, histogram_quantile, node_figures,
+                                            parse_scrape)
 from node.worker_metrics import COMPUTE_BUCKETS
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cluster.load_stats import StreamTimes, percentile, summarize
+from cluster.bench.load_stats import StreamTimes, percentile, summarize
 
 
 def test_percentile_interpolates_like_numpy() -> None:

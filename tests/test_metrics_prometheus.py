@@ -21,8 +21,8 @@ import httpx
 import openai
 import pytest
 
+from cluster.commands.live_metrics import Scrape, parse_scrape
 from cluster.commands.status import CLEAR_SCREEN
-from cluster.live_metrics import Scrape, parse_scrape
 from dashboards.queries import dashboard_queries, expand
 from tests.api_cluster import ApiCluster, start_api_cluster, stop_api_cluster
 from tests.cli_runner import cli_env, run_cli

@@ -17,12 +17,12 @@ import pytest
 import yaml
 
 from cluster.inventory import load_inventory
-from cluster.placement import format_bytes
+from cluster.planning.placement import format_bytes
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
-from tests.cluster_secret import secret_metadata
 from tests.cli_runner import kill_all, leftovers, run_cli
 from tests.cluster_harness import free_ports
+from tests.cluster_secret import secret_metadata
 from tests.model_factory import model_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ import pytest
 from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
-from cluster.engine import GenerationParams
-from cluster.tokenizer import PromptTokenizer
+from cluster.pipeline.engine import GenerationParams
+from cluster.pipeline.tokenizer import PromptTokenizer
 from tests.cluster_harness import LoopCluster, inventory_ports, worker_processes, write_inventory
 
 NEW_TOKENS = 48

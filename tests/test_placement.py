@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.placement import (NodeBudget, Placement, PlacementError, activation_headroom_bytes, format_bytes,
-                               kv_bytes_per_layer, plan_placement)
-from cluster.placement import PlanError
+from cluster.planning.placement import (NodeBudget, Placement, PlacementError, PlanError, activation_headroom_bytes,
+                                         format_bytes, kv_bytes_per_layer, plan_placement)
 from node.model_sizes import ModelSizes
 
 SMOLLM2_CONFIG = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,

@@ -12,17 +12,9 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
-from deploy.hf_select import files_for_stage
-from deploy.shards import (
-    ShardError,
-    cut_shard,
-    ensure_shard,
-    file_sha256,
-    read_manifest,
-    shard_cache_dir,
-    stage_tensor_names,
-    verify_shard,
-)
+from deploy.shards import (ShardError, cut_shard, ensure_shard, file_sha256, read_manifest, shard_cache_dir,
+                            stage_tensor_names, verify_shard)
+from deploy.stage_tensors import files_for_stage
 from node.model_config import SHARD_MANIFEST, ModelDirError, read_model_info
 from node.stage_model import LayerRange, load_stage
 from tests.model_factory import model_bytes, write_random_llama

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from cluster.ssh_deploy import DEPLOY_REPORT
+from cluster.launch.ssh_deploy import DEPLOY_REPORT
 from deploy.local import stop_pids
 from deploy.prometheus_targets import TARGETS_FILE
 from proto import WORKER_READY_MARKER

@@ -13,7 +13,8 @@ import pytest
 from deploy.local import stop_pids
 from deploy.ssh import SshError, connect_all
 from deploy.ssh_target import SshTarget
-from deploy.transfer import file_sha256, push_file
+from deploy.shards import file_sha256
+from deploy.transfer import push_file
 from tests.sshd_host import keygen, sshd_available, start_sshd
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))

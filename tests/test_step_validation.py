@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from node.model_config import ModelInfo
-from node.step_validation import (MAX_CARRIED_BYTES, MAX_END_SESSION_IDS, MAX_ID_CHARS, MAX_TOP_LOGPROBS,
-                                  TIMINGS_SLACK, reportable, shard_problem, slice_fits_model, step_limits,
-                                  validate_end_session, validate_results_request, validate_slice_spec, validate_step)
+from node.step_validation import (MAX_CARRIED_BYTES, MAX_END_SESSION_IDS, MAX_ID_CHARS, MAX_TOP_LOGPROBS, TIMINGS_SLACK,
+                                  reportable, shard_problem, slice_fits_model, step_limits, validate_end_session,
+                                  validate_results_request, validate_slice_spec, validate_step)
 from proto import MAX_HIDDEN_SIZE, MAX_MESSAGE_BYTES, MAX_STEP_TOKENS, MESSAGE_ENVELOPE_BYTES
 from proto import boltpipe_pb2 as pb
 from tests.fuzz_messages import _varint

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import pytest
 
-from cluster.text_stream import REPLACEMENT_CHAR, IncrementalDecoder, StopMatcher
+from cluster.pipeline.text_stream import REPLACEMENT_CHAR, IncrementalDecoder, StopMatcher
 
 TEXTS = [
     "Hi 😀🎉 there",
@@ -23,7 +23,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm2_dir: Path):
-    from cluster.tokenizer import PromptTokenizer
+    from cluster.pipeline.tokenizer import PromptTokenizer
 
     return PromptTokenizer(smollm2_dir)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from cluster.live_metrics import parse_scrape
+from cluster.commands.live_metrics import parse_scrape
 from node.worker_metrics import ERROR_KINDS, WorkerMetrics, step_phase
 from proto import boltpipe_pb2 as pb
 

@@ -1,1 +1,1 @@
-"""One module per `cluster` subcommand."""
+"""One module per `cluster` subcommand, and the helpers several of them share."""

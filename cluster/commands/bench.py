@@ -16,11 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from cluster.bench import format_table, measure_baseline, measure_cluster, report
-from cluster.bench_chart import write_chart
-from cluster.bench_load import format_load_table, load_report, measure_baseline_load, measure_cluster_load, pin_cluster
-from cluster.bringup import bring_up
+from cluster.bench.chart import write_chart
+from cluster.bench.load import format_load_table, load_report, measure_baseline_load, measure_cluster_load, pin_cluster
+from cluster.bench.versus_mlx_lm import format_table, measure_baseline, measure_cluster, report
 from cluster.inventory import Inventory, load_inventory
+from cluster.launch.bring_up import bring_up
 
 
 def _levels(text: str) -> list[int]:

@@ -7,8 +7,8 @@ import asyncio
 import sys
 
 from cluster.commands.generate import add_sampling_arguments, sampling_params, text_source
+from cluster.commands.text_sources import Stats
 from cluster.inventory import load_inventory
-from cluster.text_sources import Stats
 
 HELP = "Type a message; /reset forgets the conversation, /exit (or Ctrl-D) leaves."
 

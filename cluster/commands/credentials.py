@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cluster.api_keys import write_private
 from cluster.credentials import worker_files
 from cluster.inventory import load_inventory
+from cluster.paths import write_private
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ import asyncio
 import json
 from dataclasses import asdict
 
-from cluster.discovery import NodeAdvert, discover
-from cluster.placement import format_bytes
+from cluster.planning.discovery import NodeAdvert, discover
+from cluster.planning.placement import format_bytes
 from deploy.text_table import format_rows
 
 

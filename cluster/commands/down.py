@@ -7,7 +7,7 @@ import argparse
 import asyncio
 
 from cluster.inventory import load_inventory
-from cluster.ssh_deploy import deployed_nodes, remove_workers
+from cluster.launch.ssh_deploy import deployed_nodes, remove_workers
 from cluster.state import clear_state, read_state, run_dir_for
 from deploy.local import pid_alive, stop_pids
 

@@ -8,11 +8,11 @@ import sys
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
-from cluster.api_keys import client_key
-from cluster.bringup import bring_up
-from cluster.engine import GenerationParams
+from cluster.api.api_keys import client_key
+from cluster.commands.text_sources import HttpSource, LocalSource, Stats
 from cluster.inventory import Inventory, load_inventory
-from cluster.text_sources import HttpSource, LocalSource, Stats
+from cluster.launch.bring_up import bring_up
+from cluster.pipeline.engine import GenerationParams
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import json
 
-from cluster.bringup import plan_cluster
-from cluster.cluster_plan import plan_table
 from cluster.inventory import load_inventory
+from cluster.launch.bring_up import plan_cluster
+from cluster.planning.cluster_plan import plan_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,10 +14,10 @@ from dataclasses import asdict
 
 import aiohttp
 
+from cluster.commands.live_metrics import Scrape, coordinator_figures, node_figures, parse_scrape
 from cluster.inventory import Inventory, NodeSpec, format_address, load_inventory
-from cluster.live_metrics import Scrape, coordinator_figures, node_figures, parse_scrape
-from cluster.node_health import node_info
-from cluster.placement import format_bytes
+from cluster.launch.node_health import node_info
+from cluster.planning.placement import format_bytes
 from cluster.state import live_state, run_dir_for
 from deploy import remote_worker
 from deploy.ssh import SshError, connect

@@ -12,17 +12,17 @@ import time
 
 from aiohttp import web
 
-from cluster.bringup import BringUpError, RunningCluster, bring_up
-from cluster.http_api import OpenAIServer, ServeLimits
-from cluster.inventory import Inventory, format_address, load_inventory
-from cluster.state import ClusterState, StateError, WorkerRecord, clear_state, live_state, read_state, run_dir_for
-from cluster.node_health import serving_problems
-from cluster.ssh_deploy import DeployReport, deployed_nodes, deploy_workers
-from cluster.placement import format_bytes
 from cluster import paths
-from cluster.api_keys import server_keys
-from deploy.prometheus_targets import TARGETS_FILE, install_config, shared_targets_path, targets, write_targets
+from cluster.api.api_keys import server_keys
+from cluster.api.http_api import OpenAIServer, ServeLimits
+from cluster.inventory import Inventory, format_address, load_inventory
+from cluster.launch.bring_up import BringUpError, RunningCluster, bring_up
+from cluster.launch.node_health import serving_problems
+from cluster.launch.ssh_deploy import DeployReport, deploy_workers, deployed_nodes
+from cluster.planning.placement import format_bytes
+from cluster.state import ClusterState, StateError, WorkerRecord, clear_state, live_state, read_state, run_dir_for
 from deploy.local import log_tail, pid_alive, port_in_use, stop_pids
+from deploy.prometheus_targets import TARGETS_FILE, install_config, shared_targets_path, targets, write_targets
 
 DETACH_TIMEOUT_S = 900.0
 

@@ -10,9 +10,9 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from cluster.bringup import RunningCluster
-from cluster.engine import Finish, GenerationParams, TextDelta
-from cluster.pipeline_client import PipelineError
+from cluster.launch.bring_up import RunningCluster
+from cluster.pipeline.engine import Finish, GenerationParams, TextDelta
+from cluster.pipeline.pipeline_client import PipelineError
 
 
 @dataclass

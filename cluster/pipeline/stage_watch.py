@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol, Sequence
 
 import grpc
 
 from proto import boltpipe_pb2 as pb
-
-if TYPE_CHECKING:
-    from cluster.pipeline_client import PipelineClient
+from proto import boltpipe_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +33,28 @@ class WatchSettings:
     reload_timeout_s: float = 900.0
 
 
+class NamedStage(Protocol):
+    name: str
+
+
+class WatchedPipeline(Protocol):
+    """What the watch needs of the pipeline it watches (cluster.pipeline.pipeline_client implements it)."""
+
+    stages: Sequence[NamedStage]
+    stubs: Sequence[pb_grpc.WorkerStub]
+
+    def fail_all(self, message: str) -> None:
+        """End every request in flight with this error."""
+
+    async def subscribed(self, index: int, timeout_s: float) -> bool:
+        """Whether the results stream of stage `index` is (again) subscribed within the timeout."""
+
+    def recently_ended(self) -> list[str]:
+        """Sessions ended lately, to be told to a stage that comes back."""
+
+
 class StageWatch:
-    def __init__(self, client: "PipelineClient", specs: list[pb.SliceSpec] | None, settings: WatchSettings):
+    def __init__(self, client: WatchedPipeline, specs: list[pb.SliceSpec] | None, settings: WatchSettings):
         self.client = client
         self.specs = specs
         self.settings = settings

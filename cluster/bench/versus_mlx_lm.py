@@ -14,9 +14,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from cluster.bench_prompt import bench_prompt_ids
-from cluster.bringup import RunningCluster
-from cluster.engine import GenerationParams, TokenStep
+from cluster.bench.prompt import bench_prompt_ids
+from cluster.launch.bring_up import RunningCluster
+from cluster.pipeline.engine import GenerationParams, TokenStep
 
 
 @dataclass
@@ -70,7 +70,7 @@ async def measure_cluster(cluster: RunningCluster, prompt_tokens: int, gen_token
 def measure_baseline(model_dir, prompt_tokens: int, gen_tokens: int, prefill_chunk: int) -> dict:
     """mlx-lm in its own process, so neither side shares an interpreter with the other."""
     out = subprocess.run(
-        [sys.executable, "-m", "cluster.baseline", str(model_dir), "--prompt-tokens", str(prompt_tokens),
+        [sys.executable, "-m", "cluster.bench.baseline", str(model_dir), "--prompt-tokens", str(prompt_tokens),
          "--gen-tokens", str(gen_tokens), "--prefill-chunk", str(prefill_chunk)],
         check=True, capture_output=True, text=True,
     )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cluster.inventory import NodeSpec
-from cluster.node_facts import NodeFacts
-from cluster.placement import PlacementError
+from cluster.planning.node_facts import NodeFacts
+from cluster.planning.placement import PlacementError
 from node.coreml.settings import BACKEND_PREFIX, DEFAULT_PREFILL_CHUNK, INVENTORY_NAME, MAX_CONTEXT, AneSettings
 
 MLX_BACKEND = "mlx"

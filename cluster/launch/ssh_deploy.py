@@ -17,8 +17,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cluster import credentials, paths
-from cluster.cluster_plan import ClusterPlan
 from cluster.inventory import METRICS_PORT_OFFSET, Inventory, NodeSpec
+from cluster.planning.cluster_plan import ClusterPlan
 from deploy import remote_worker
 from deploy.install import Wheel, build_wheel, install, venv_python
 from deploy.probe import NodeProbe, PreflightError, node_findings, preflight_table

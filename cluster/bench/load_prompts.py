@@ -3,7 +3,7 @@ benchmark text, so no two streams share a prompt."""
 
 from __future__ import annotations
 
-from cluster.bench_prompt import TEXT
+from cluster.bench.prompt import TEXT
 
 
 def load_prompts(tokenizer, count: int, n_tokens: int) -> list[list[int]]:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from cluster.admission import kv_bytes_per_token
+from cluster.planning.kv_budget import kv_bytes_per_token
 from node.model_sizes import ModelSizes
 
 

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.engine import GenerationParams
+from cluster.pipeline.engine import GenerationParams
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from cluster.addresses import choose_link, ring_order
-from cluster.admission import session_limit
-from cluster.backend_plan import BackendPlan, check_backends, plan_backends
 from cluster.inventory import Inventory, NodeSpec, format_address
-from cluster.node_facts import NodeFacts
+from cluster.planning.addresses import choose_link, ring_order
+from cluster.planning.backend_plan import BackendPlan, check_backends, plan_backends
+from cluster.planning.kv_budget import session_limit
+from cluster.planning.node_facts import NodeFacts
+from cluster.planning.placement import (NodeBudget, Placement, PlacementError, activation_headroom_bytes, format_bytes,
+                                        kv_bytes_per_layer, plan_placement)
 from deploy.text_table import format_rows
-from cluster.placement import (NodeBudget, Placement, PlacementError, activation_headroom_bytes, format_bytes,
-                               kv_bytes_per_layer, plan_placement)
 from node.model_config import ModelInfo
 from node.model_sizes import ModelSizes
 

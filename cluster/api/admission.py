@@ -1,16 +1,14 @@
 """Admission control: how many requests run at once, how many may wait, and for how long.
 
-`session_limit` is a pure function of the KV budget, so it is tested without sockets;
-`Admission` applies the limits to requests: a slot at once when one is free, a place in
-a bounded queue otherwise, and a fast refusal (with a Retry-After) when the queue is full
-or the wait runs out.
+`Admission` applies the limits to requests: a slot at once when one is free, a place in a bounded
+queue otherwise, and a fast refusal (with a Retry-After) when the queue is full or the wait runs
+out. How many may run is planned from the KV budget (cluster.planning.kv_budget).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -20,21 +18,6 @@ class AdmissionRefused(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
-
-
-def kv_bytes_per_token(config: dict, num_layers: int, dtype_bytes: int) -> int:
-    """Keys and values of one token over `num_layers` layers."""
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
-    return num_layers * 2 * kv_heads * head_dim * dtype_bytes
-
-
-def session_limit(stage_layers: list[int], config: dict, *, context_length: int, kv_budget_bytes: int,
-                  dtype_bytes: int, configured_max: int) -> int:
-    """Sessions every stage can hold at full context within its KV budget, at most `configured_max`."""
-    per_session = max(kv_bytes_per_token(config, max(stage_layers), dtype_bytes) * context_length, 1)
-    return max(0, min(configured_max, math.floor(kv_budget_bytes / per_session)))
 
 
 @dataclass

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.bringup import RunningCluster
-from cluster.engine import GenerationParams
-from cluster.load_prompts import load_prompts
-from cluster.load_stats import StreamTimes, summarize
+from cluster.bench.load_prompts import load_prompts
+from cluster.bench.load_stats import StreamTimes, summarize
+from cluster.launch.bring_up import RunningCluster
+from cluster.pipeline.engine import GenerationParams
 
 
 async def _stream(cluster: RunningCluster, prompt: list[int], gen_tokens: int) -> StreamTimes:
@@ -37,7 +37,7 @@ async def measure_cluster_load(cluster: RunningCluster, levels: list[int], promp
 
 def measure_baseline_load(model_dir: Path, levels: list[int], prompt_tokens: int, gen_tokens: int,
                           prefill_chunk: int, cpus: list[int] | None = None) -> dict:
-    cmd = [sys.executable, "-m", "cluster.baseline_load", str(model_dir), "--concurrency", ",".join(map(str, levels)),
+    cmd = [sys.executable, "-m", "cluster.bench.baseline_load", str(model_dir), "--concurrency", ",".join(map(str, levels)),
            "--prompt-tokens", str(prompt_tokens), "--gen-tokens", str(gen_tokens), "--prefill-chunk", str(prefill_chunk)]
     if cpus:
         cmd += ["--cpus", ",".join(map(str, cpus))]

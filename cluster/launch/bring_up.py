@@ -17,23 +17,23 @@ import grpc
 from tqdm import tqdm
 
 from cluster import paths
-from cluster.admission import Admission
-from cluster.cluster_plan import ClusterPlan, PlannedStage, make_plan
-from cluster.coordinator_metrics import CoordinatorMetrics
+from cluster.api.admission import Admission
+from cluster.api.coordinator_metrics import CoordinatorMetrics
 from cluster.credentials import coordinator_auth, worker_settings
-from cluster.discovery import Browser, DiscoveryTimeout
-from cluster.engine import Engine
 from cluster.inventory import METRICS_PORT_OFFSET, Inventory
-from cluster.model_source import resolve_model, served_model_name
-from cluster.node_facts import NodeFactsError, check_version, gather_facts
-from cluster.local_supervisor import keep_running
-from cluster.pipeline_client import PipelineClient, StageEndpoint
-from cluster.stage_watch import WatchSettings
-from node.cluster_auth import ClusterAuth
-from cluster.ssh_deploy import push_weights
-from cluster.tokenizer import PromptTokenizer
+from cluster.launch.local_supervisor import keep_running
+from cluster.launch.model_source import resolve_model, served_model_name
+from cluster.launch.ssh_deploy import push_weights
+from cluster.pipeline.engine import Engine
+from cluster.pipeline.pipeline_client import PipelineClient, StageEndpoint
+from cluster.pipeline.stage_watch import WatchSettings
+from cluster.pipeline.tokenizer import PromptTokenizer
+from cluster.planning.cluster_plan import ClusterPlan, PlannedStage, make_plan
+from cluster.planning.discovery import Browser, DiscoveryTimeout
+from cluster.planning.node_facts import NodeFactsError, check_version, gather_facts
 from deploy.local import LocalWorker, LocalWorkerSpec, start_local_workers, stop_pids
 from deploy.ssh import SshError
+from node.cluster_auth import ClusterAuth
 from node.model_config import ModelInfo
 from node.model_sizes import read_model_sizes
 from proto import boltpipe_pb2 as pb

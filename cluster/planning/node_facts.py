@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import grpc
 
 import node
-from cluster.addresses import choose_address
 from cluster.credentials import coordinator_auth
-from cluster.discovery import Browser, NodeAdvert
 from cluster.inventory import Inventory, NodeSpec, format_address
+from cluster.planning.addresses import choose_address
+from cluster.planning.discovery import Browser, NodeAdvert
 from node import sysinfo
-from node.interfaces import Interface, local_interfaces
 from node.cluster_auth import ClusterAuth
+from node.interfaces import Interface, local_interfaces
 from proto import PROTOCOL_VERSION
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc

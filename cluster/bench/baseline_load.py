@@ -1,7 +1,7 @@
 """The load benchmark's baseline: mlx-lm in one process serving several streams at once with
 its own BatchGenerator (how mlx-lm's server batches), optionally pinned to chosen cores.
 
-    python -m cluster.baseline_load MODEL_DIR --concurrency 1,2,4 --prompt-tokens 64 --gen-tokens 32 [--cpus 0]
+    python -m cluster.bench.baseline_load MODEL_DIR --concurrency 1,2,4 --prompt-tokens 64 --gen-tokens 32 [--cpus 0]
 
 Prints one JSON object: {concurrency: figures}.
 """
@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from cluster.load_stats import StreamTimes, summarize
+from cluster.bench.load_stats import StreamTimes, summarize
 
 
 def run_level(model, prompts: list[list[int]], gen_tokens: int, prefill_chunk: int) -> dict:
@@ -41,8 +41,8 @@ def run_level(model, prompts: list[list[int]], gen_tokens: int, prefill_chunk: i
 def measure(model_dir: Path, levels: list[int], prompt_tokens: int, gen_tokens: int, prefill_chunk: int) -> dict:
     from mlx_lm.utils import load_model
 
-    from cluster.load_prompts import load_prompts
-    from cluster.tokenizer import PromptTokenizer
+    from cluster.bench.load_prompts import load_prompts
+    from cluster.pipeline.tokenizer import PromptTokenizer
 
     model, _ = load_model(model_dir)
     tokenizer = PromptTokenizer(model_dir)

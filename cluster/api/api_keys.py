@@ -19,25 +19,13 @@ from cluster.inventory import LOCAL_HOSTS, Inventory
 ENV_KEYS = "BOLTPIPE_API_KEYS"
 
 
-def secrets_dir(inventory: Inventory) -> Path:
-    return paths.home() / "secrets" / paths.run_dir(inventory.source, inventory.name).name
-
-
 def generated_key_path(inventory: Inventory) -> Path:
-    return secrets_dir(inventory) / "api-key"
+    return paths.secrets_dir(inventory) / "api-key"
 
 
 def configured_keys(inventory: Inventory) -> list[str]:
     from_env = [k.strip() for k in os.environ.get(ENV_KEYS, "").split(",") if k.strip()]
     return list(inventory.api_keys) + from_env
-
-
-def write_private(path: Path, text: str) -> None:
-    """A file only its user can read, created so (never readable by others, not even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def server_keys(inventory: Inventory) -> tuple[list[str], str | None]:
@@ -47,7 +35,7 @@ def server_keys(inventory: Inventory) -> tuple[list[str], str | None]:
         return keys, None
     path = generated_key_path(inventory)
     if not path.exists():
-        write_private(path, "sk-boltpipe-" + secrets.token_urlsafe(32) + "\n")
+        paths.write_private(path, "sk-boltpipe-" + secrets.token_urlsafe(32) + "\n")
     key = path.read_text().strip()
     return [key], (f"the API listens on {inventory.serve_host}, beyond loopback, and serve.api_keys is not set: "
                    f"clients must send `Authorization: Bearer <key>` with the key in {path}")

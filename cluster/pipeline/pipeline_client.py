@@ -3,7 +3,7 @@ Results subscription on every stage (tokens come from the last stage, errors fro
 whichever stage failed). It keeps an estimate of every stage's clock, so the hop into stage 0
 and the hop back from the last stage can be timed (node.clock_sync).
 
-It also watches the stages (cluster.stage_watch): a stage whose stream breaks or that stops
+It also watches the stages (cluster.pipeline.stage_watch): a stage whose stream breaks or that stops
 answering health checks is marked down and every request in flight is failed at once (with
 `stage_lost`, so the engine may replay it); the streams reconnect by themselves, and a stage that
 comes back without its slice is loaded again before it is marked up."""
@@ -20,7 +20,7 @@ from typing import AsyncIterator, Callable
 
 import grpc
 
-from cluster.stage_watch import StageWatch, WatchSettings
+from cluster.pipeline.stage_watch import StageWatch, WatchSettings
 from node import sysinfo
 from node.clock_sync import ClockOffset, sync_clock
 from node.cluster_auth import ClusterAuth

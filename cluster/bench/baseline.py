@@ -1,6 +1,6 @@
 """The benchmark's baseline: mlx-lm generating in one process on the same model.
 
-    python -m cluster.baseline MODEL_DIR --prompt-tokens 512 --gen-tokens 64
+    python -m cluster.bench.baseline MODEL_DIR --prompt-tokens 512 --gen-tokens 64
 
 Prints one JSON object: prefill and decode tokens/s.
 """
@@ -16,12 +16,12 @@ import mlx.core as mx
 from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
-from cluster.bench_prompt import bench_prompt_ids
+from cluster.bench.prompt import bench_prompt_ids
 
 
 def measure(model_dir: Path, prompt_tokens: int, gen_tokens: int, prefill_chunk: int) -> dict:
     model, _ = load_model(model_dir)
-    from cluster.tokenizer import PromptTokenizer
+    from cluster.pipeline.tokenizer import PromptTokenizer
 
     tokenizer = PromptTokenizer(model_dir)
     long_prompt = bench_prompt_ids(tokenizer, prompt_tokens)

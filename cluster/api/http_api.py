@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cluster.admission import Admission, AdmissionRefused
-from cluster.api_keys import key_accepted
-from cluster.coordinator_metrics import CoordinatorMetrics, RequestTimer
-from cluster.engine import Engine, Finish, TextDelta, TokenStep
-from cluster.openai_responses import ResponseShaper
-from cluster.openai_shapes import ParsedRequest, RequestError, error_body, now, parse_request
-from cluster.pipeline_client import PipelineError
+from cluster.api.admission import Admission, AdmissionRefused
+from cluster.api.api_keys import key_accepted
+from cluster.api.coordinator_metrics import CoordinatorMetrics, RequestTimer
+from cluster.api.openai_responses import ResponseShaper
+from cluster.api.openai_shapes import ParsedRequest, RequestError, error_body, now, parse_request
+from cluster.pipeline.engine import Engine, Finish, TextDelta, TokenStep
+from cluster.pipeline.pipeline_client import PipelineError
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 512

@@ -11,7 +11,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from cluster.admission import Admission
+from cluster.api.admission import Admission
 from node.worker_metrics import HOP_BUCKETS
 
 # vLLM's buckets for the same histograms (seconds).

@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from cluster import paths
-from cluster.demo_model import bundled_gguf_path
 from cluster.inventory import BUNDLED_MODEL, ModelSpec
+from cluster.launch.demo_model import bundled_gguf_path
 from node.gguf import import_gguf
 from node.model_config import ModelDirError, ModelInfo, read_model_info
 

@@ -10,9 +10,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Sequence
 
-from cluster.pipeline_client import PipelineClient, PipelineError, StageFailure
-from cluster.text_stream import IncrementalDecoder, StopMatcher
-from cluster.tokenizer import PromptTokenizer
+from cluster.pipeline.pipeline_client import PipelineClient, PipelineError, StageFailure
+from cluster.pipeline.text_stream import IncrementalDecoder, StopMatcher
+from cluster.pipeline.tokenizer import PromptTokenizer
 from proto import boltpipe_pb2 as pb
 
 DEFAULT_PREFILL_CHUNK = 512

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from cluster.engine import TokenStep
-from cluster.openai_shapes import new_id, now, usage
+from cluster.api.openai_shapes import new_id, now, usage
+from cluster.pipeline.engine import TokenStep
 
 
 class ResponseShaper:
