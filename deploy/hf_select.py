@@ -12,8 +12,6 @@ def download_stage_files(repo_id: str, files: Iterable[str], dest: str | Path, r
 
     Deliberately thin: no hub is reachable from the test machines, so nothing here is tested; the
     choice of files (files_for_stage) is."""
-    from huggingface_hub import (
-        hf_hub_download,  # needed only here; comes with mlx-lm's dependencies
-    )
+    from huggingface_hub import hf_hub_download  # needed only here; comes with mlx-lm's dependencies
 
     return [Path(hf_hub_download(repo_id, name, revision=revision, local_dir=str(dest))) for name in files]
