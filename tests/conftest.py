@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,13 +12,12 @@ import pytest
 # Nothing in the test suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Nor write into the user's ~/.boltpipe: clusters brought up in this process keep their secrets,
+# models and run state in a directory of this test run (subprocesses get their own, tests/cli_runner).
+os.environ["BOLTPIPE_HOME"] = tempfile.mkdtemp(prefix="boltpipe-test-home-")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The project's shared reference data sits beside the repository; a clone made elsewhere
-# uses the copy kept in tests/data (test_tokenizer_import checks the two agree when both exist).
-_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TESTS_DATA = REPO_ROOT / "tests" / "data"
-SHARED_DATA = _SHARED_DATA if (_SHARED_DATA / "smollm2-token-ids.json").is_file() else TESTS_DATA
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +39,8 @@ def smollm2_dir(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session", autouse=True)
 def no_stray_processes():
-    """Whatever a test started and left running is ended by pid when the session ends."""
+    """Whatever a test started and left running is ended by pid when the session ends; the run's
+    BOLTPIPE_HOME goes with it."""
     import psutil
 
     yield
@@ -50,3 +52,4 @@ def no_stray_processes():
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(children, timeout=10)
+    shutil.rmtree(os.environ["BOLTPIPE_HOME"], ignore_errors=True)

@@ -12,6 +12,8 @@ import pytest
 
 from tests.api_cluster import ApiCluster, start_api_cluster, stop_api_cluster
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 DEADLINE_S = 5.0  # prefill of a short chat prompt takes ~2 s on a small CPU
 LONG = {"messages": [{"role": "user", "content": "Write a very long essay about rivers."}], "max_tokens": 2000,
         "temperature": 0}

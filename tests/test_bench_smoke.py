@@ -3,8 +3,12 @@ benchmarks print figures, tests do not time things)."""
 
 import json
 
+import pytest
+
 from tests.cli_runner import kill_all, leftovers, run_cli
 from tests.cluster_harness import write_inventory
+
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
 
 
 def test_bench_json_reports_both_sides(tmp_path, smollm2_dir):

@@ -12,6 +12,8 @@ import yaml
 from tests.cli_runner import kill_all, leftovers, run_cli
 from tests.cluster_harness import free_ports, write_inventory
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:

@@ -16,6 +16,8 @@ from tests.cli_runner import cli_env, kill_all, leftovers, run_cli
 from tests.cluster_harness import write_inventory
 from tests.reference import reference_text
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 QUESTION = "What is the capital of France?"
 
 

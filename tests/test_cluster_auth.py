@@ -24,6 +24,8 @@ from tests.api_cluster import ApiCluster, start_api_cluster, stop_api_cluster
 from tests.cluster_secret import secret_metadata, secrets_dir
 from tests.reference import reference_text, tokenizer_for
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 KEY = "sk-test-0123456789abcdef"
 QUESTION = "What is the capital of France?"
 

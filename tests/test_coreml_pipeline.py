@@ -38,6 +38,8 @@ from tests.coreml_support import (  # noqa: E402
     relative_error,
 )
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 NEW_TOKENS = 16
 PROMPTS = ["What is the capital of France?", "def fibonacci(n):\n"]
 MAC_ONLY = pytest.mark.skipif(sys.platform != "darwin", reason="Core ML predicts only on macOS (Linux runs the "

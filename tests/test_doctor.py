@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
 
-import pytest
 
 from deploy.doctor import DOCTOR_SERVICE_TYPE, check_mdns
 from tests.cli_runner import cli_env, run_cli
+from tests.system_tools import require, require_program
 
 
 def test_doctor_table(tmp_path):
@@ -59,11 +58,11 @@ def test_mdns_check_in_process():
 def test_doctor_where_multicast_cannot_work(tmp_path):
     """In a network namespace with no interface up zeroconf has nothing to listen on: the mDNS check
     says so with its hint, and the command still exits 0 (the static inventory works without it)."""
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        pytest.skip("network namespaces need root and iproute2")
+    require_program("ip", "iproute2")
+    require(None if os.geteuid() == 0 else "network namespaces need root (CAP_NET_ADMIN)")
     ns = f"bpdoc-{uuid.uuid4().hex[:6]}"
-    if subprocess.run(["ip", "netns", "add", ns], capture_output=True, timeout=20).returncode != 0:
-        pytest.skip("network namespaces cannot be created here")
+    made = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True, timeout=20)
+    assert made.returncode == 0, f"`ip netns add` failed: {made.stderr}"
     try:
         home = tmp_path / "home"
         home.mkdir()

@@ -19,6 +19,8 @@ from tests.cluster_harness import worker_processes
 from tests.metrics_scrape import coordinator_total
 from tests.reference import reference_text, tokenizer_for
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 MODEL = "smollm2-135m-instruct"
 STORY = "Write a long story about a dragon and a knight."
 MAX_TOKENS = 48

@@ -24,6 +24,9 @@ from proto import WORKER_READY_MARKER
 from tests.cli_runner import cli_env
 from tests.netns_lab import Lab, LabUnavailable
 from tests.reference import reference_text, tokenizer_for
+from tests.system_tools import require
+
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
 
 WORKERS = ["h1", "h2", "h3"]
 PORT = 50061
@@ -37,7 +40,7 @@ def lab():
         lab.build([*WORKERS, "coord"])
     except LabUnavailable as exc:
         lab.teardown()
-        pytest.skip(f"network namespaces cannot be created here: {exc}")
+        require(f"network namespaces cannot be created here: {exc}")
     try:
         yield lab
     finally:

@@ -27,8 +27,15 @@ from dashboards.queries import dashboard_queries, expand
 from tests.api_cluster import ApiCluster, start_api_cluster, stop_api_cluster
 from tests.cli_runner import cli_env, run_cli
 from tests.prometheus_server import PrometheusServer, prometheus_available, scrape_config, start_prometheus
+from tests.system_tools import require
 
-pytestmark = pytest.mark.skipif(prometheus_available() is not None, reason=str(prometheus_available()))
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prometheus_installed() -> None:
+    require(prometheus_available())
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 4

@@ -25,6 +25,8 @@ from tests.cluster_harness import free_ports
 from tests.cluster_secret import secret_metadata
 from tests.model_factory import model_bytes
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = 24
 LIMIT = 1_200_000_000       # every node's memory_limit: below the model's ~1.5 GB

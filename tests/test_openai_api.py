@@ -15,6 +15,8 @@ import pytest
 from tests.api_cluster import ApiCluster, start_api_cluster, stop_api_cluster
 from tests.reference import reference_ids, reference_text, tokenizer_for
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 MAX_CONCURRENT = 8
 CONTEXT = 1024
 QUESTION = "What is the capital of France?"

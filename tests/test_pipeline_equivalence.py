@@ -15,6 +15,8 @@ from cluster.pipeline.engine import GenerationParams
 from cluster.pipeline.tokenizer import PromptTokenizer
 from tests.cluster_harness import LoopCluster, inventory_ports, worker_processes, write_inventory
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 NEW_TOKENS = 48
 CHAT_PROMPTS = ["What is the capital of France?", "Write a short poem about the sea, please."]
 RAW_PROMPTS = ["The three most important inventions of the twentieth century were", "def fibonacci(n):\n"]

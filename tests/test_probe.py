@@ -22,6 +22,7 @@ from deploy.probe import (
 )
 from node.interfaces import local_interfaces
 from node.sysinfo import total_memory_bytes
+from tests.system_tools import require_program
 
 BASIC_TOOLS = ("sh", "uname", "awk", "df", "id", "hostname", "readlink")
 
@@ -79,8 +80,7 @@ def test_probe_of_this_machine(tmp_path):
 
 def test_probe_with_bsd_awk(tmp_path):
     """macOS's awk is the original one (BWK); its Debian package is used here when installed."""
-    if not shutil.which("original-awk"):
-        pytest.skip("original-awk is not installed")
+    require_program("original-awk", "original-awk")
     bin_dir = tool_dir(tmp_path / "bin", ("awk",), awk="original-awk")
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", BOLTPIPE_PYTHON=sys.executable)
     probe = parse_probe(run_probe(env))
@@ -227,8 +227,7 @@ esac""")
 @pytest.mark.parametrize("shell,awk", [("dash", "awk"), ("bash", "original-awk")])
 def test_macos_code_path_with_stand_in_tools(tmp_path, shell, awk):
     for tool in (shell, awk):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed")
+        require_program(tool, {"awk": "mawk"}.get(tool, tool))
     bin_dir = tool_dir(tmp_path / "bin", ("sh", "awk", "df"), sh=shell, awk=awk)
     fake_mac(bin_dir)
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}

@@ -16,6 +16,8 @@ from proto import grpc_options
 from tests.cluster_harness import free_ports
 from tests.model_factory import model_bytes, write_random_llama
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 LAYERS = 9
 
 

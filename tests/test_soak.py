@@ -19,11 +19,14 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from tests.api_cluster import start_api_cluster, stop_api_cluster
 from tests.cluster_harness import worker_processes
 from tests.metrics_scrape import coordinator_total
 from tests.reference import reference_text, tokenizer_for
+
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
 
 MODEL = "smollm2-135m-instruct"
 CLIENTS = 4

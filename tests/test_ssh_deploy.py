@@ -27,8 +27,15 @@ from tests.cluster_harness import free_ports, worker_processes
 from tests.model_factory import model_bytes
 from tests.reference import reference_text, tokenizer_for
 from tests.sshd_host import keygen, sshd_available, start_sshd
+from tests.system_tools import require
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sshd_installed() -> None:
+    require(sshd_available())
 
 QUESTION = "What is the capital of France?"
 

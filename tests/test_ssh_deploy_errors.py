@@ -13,8 +13,15 @@ from deploy.local import stop_pids
 from tests.cli_runner import run_cli
 from tests.cluster_harness import free_ports, worker_processes
 from tests.sshd_host import keygen, path_without, sshd_available, start_sshd
+from tests.system_tools import require
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sshd_installed() -> None:
+    require(sshd_available())
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,13 @@ from deploy.ssh_target import SshTarget
 from deploy.shards import file_sha256
 from deploy.transfer import push_file
 from tests.sshd_host import keygen, sshd_available, start_sshd
+from tests.system_tools import require
 
-pytestmark = pytest.mark.skipif(sshd_available() is not None, reason=str(sshd_available()))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sshd_installed() -> None:
+    require(sshd_available())
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ from tests import fuzz_messages as fm
 from tests.fuzz_pipeline import NEW_TOKENS, Pipeline, ValidSessions, gather, two_stage_pipeline
 from tests.reference import reference_ids, tokenizer_for
 
+pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
+
 FUZZ_CASES = int(os.environ.get("BOLTPIPE_FUZZ_CASES", "2000"))  # more for a longer local hunt
 BATCH = 100
 PROMPT = "Write a short poem about the sea, please."
