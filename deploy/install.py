@@ -105,11 +105,13 @@ async def install(node: NodeConnection, wheel: Wheel, *, cuda: bool = False, pro
     await push_file(node, wheel.path, remote_wheel, wheel.sha256, python=node.target.python, progress=progress)
     extra = " 'mlx[cuda]'" if cuda else ""
     venv = f"{base}/venv"
+    # --no-compile: byte-compiling every module of every dependency is half of a fresh install;
+    # Python compiles (and caches) what the worker imports when it first starts.
+    pip = f"{quote(venv_python(node))} -m pip install --quiet --disable-pip-version-check --no-compile"
     await node.run(
         f"set -e; test -x {quote(venv_python(node))} || {quote(node.target.python)} -m venv {quote(venv)}; "
-        f"{quote(venv_python(node))} -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "
-        f"{quote(remote_wheel)}; "
-        f"{quote(venv_python(node))} -m pip install --quiet --disable-pip-version-check {quote(remote_wheel)}{extra}",
+        f"{pip} --force-reinstall --no-deps {quote(remote_wheel)}; "
+        f"{pip} {quote(remote_wheel)}{extra}",
         timeout_s=1800,
     )
     record = json.dumps({"content_hash": wheel.content_hash, "wheel": wheel.path.name})
