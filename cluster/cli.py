@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -11,35 +12,47 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from cluster.commands import (  # noqa: E402
-    bench, chat, credentials, discover, doctor, down, generate, import_gguf, logs, plan, status, up, worker,
-)
-from cluster.errors import USER_ERRORS  # noqa: E402
+# Subcommand -> its module (cluster/commands/). Only the module of the command being run is
+# imported: `cluster down` or `cluster status` need neither MLX nor the tokenizers that `up` loads.
+COMMANDS = {name: f"cluster.commands.{name.replace('-', '_')}" for name in (
+    "up", "down", "status", "logs", "plan", "discover", "generate", "chat", "bench", "import-gguf", "worker",
+    "doctor", "credentials")}
 
-COMMANDS = (up, down, status, logs, plan, discover, generate, chat, bench, import_gguf, worker, doctor, credentials)
+
+def _command_named(argv: list[str]) -> str | None:
+    """The subcommand on the command line (the first word that is not an option), if it is one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of `only` (enough to parse a command line naming it)."""
     parser = argparse.ArgumentParser(
         prog="cluster", description="boltpipe: serve one language model across several machines."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(sub)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_named(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
         return args.run(args) or 0
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from cluster.errors import USER_ERRORS  # what a person can fix: one clear message, no traceback
+
+        if not isinstance(exc, USER_ERRORS):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
