@@ -16,27 +16,11 @@ pytest.importorskip("coremltools")  # a declared dependency; this only makes a b
 from node.coreml.arch import read_arch  # noqa: E402
 from node.coreml.builder import HIDDEN_IN, HIDDEN_OUT, POSITION, state_names  # noqa: E402
 from node.coreml.interpreter import interpreters  # noqa: E402
-from node.coreml.package import (  # noqa: E402
-    FUNCTIONS,
-    convert_slice,
-    load_program,
-    save_chunk,
-    split_layers,
-)
+from node.coreml.package import FUNCTIONS, convert_slice, load_program, save_chunk, split_layers  # noqa: E402
 from node.coreml.settings import AneSettings  # noqa: E402
 from node.coreml.weights import read_slice_weights  # noqa: E402
 from tests.coreml_support import (  # noqa: E402
-    CHUNK,
-    CONTEXT,
-    DECODE,
-    END,
-    PROMPT,
-    START,
-    TOLERANCE,
-    from_channels_first,
-    mlx_reference,
-    relative_error,
-    to_channels_first,
+    CHUNK, CONTEXT, DECODE, END, PROMPT, START, TOLERANCE, from_channels_first, mlx_reference, relative_error, to_channels_first,
 )
 
 SETTINGS = AneSettings(context_length=CONTEXT, prefill_chunk=CHUNK)

@@ -22,21 +22,8 @@ pytest.importorskip("coremltools")
 from cluster.pipeline.engine import GenerationParams  # noqa: E402
 from cluster.pipeline.tokenizer import PromptTokenizer  # noqa: E402
 from node.coreml.availability import EXECUTOR_ENV  # noqa: E402
-from tests.cluster_harness import (  # noqa: E402
-    LoopCluster,
-    free_ports,
-    inventory_ports,
-    worker_processes,
-)
-from tests.coreml_support import (  # noqa: E402
-    CHUNK,
-    CONTEXT,
-    END,
-    START,
-    TOLERANCE,
-    mlx_reference,
-    relative_error,
-)
+from tests.cluster_harness import LoopCluster, free_ports, inventory_ports, worker_processes  # noqa: E402
+from tests.coreml_support import CHUNK, CONTEXT, END, START, TOLERANCE, mlx_reference, relative_error  # noqa: E402
 
 pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
 

@@ -1,19 +1,20 @@
 """Greedy decoding through 1-4 worker processes gives exactly mlx-lm's tokens, and a
-seeded sampled run is the same through 1 and 3 stages."""
+seeded sampled run is the same through 1 and 3 stages. One cluster per stage count for the module
+(the sampling test reuses the 1- and 3-stage ones); every session is ended on every worker after
+each test, and every worker process is gone when the module ends."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Callable, Iterator
 
-import mlx.core as mx
 import pytest
-from mlx_lm.generate import generate_step
-from mlx_lm.utils import load_model
 
 from cluster.pipeline.engine import GenerationParams
 from cluster.pipeline.tokenizer import PromptTokenizer
 from tests.cluster_harness import LoopCluster, inventory_ports, worker_processes, write_inventory
+from tests.reference import greedy_tokens
 
 pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
 
@@ -35,8 +36,32 @@ def prompts(smollm2_dir: Path) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def reference(smollm2_dir: Path, prompts: list[list[int]]) -> list[list[int]]:
     """mlx-lm's own generation loop, in this process, on the same model directory."""
-    model, _ = load_model(smollm2_dir)
-    return [[t for t, _ in generate_step(mx.array(ids), model, max_tokens=NEW_TOKENS)] for ids in prompts]
+    return [greedy_tokens(smollm2_dir, ids, NEW_TOKENS) for ids in prompts]
+
+
+@pytest.fixture(scope="module")
+def cluster_of(smollm2_dir: Path, tmp_path_factory) -> Iterator[Callable[[int], LoopCluster]]:
+    """A cluster of N stages, brought up on first use and kept for the module."""
+    clusters: dict[int, LoopCluster] = {}
+
+    def get(stages: int) -> LoopCluster:
+        if stages not in clusters:
+            directory = tmp_path_factory.mktemp(f"stages{stages}")
+            clusters[stages] = LoopCluster(write_inventory(directory, nodes=stages, model_path=smollm2_dir),
+                                           directory / "logs")
+        return clusters[stages]
+
+    try:
+        yield get
+    finally:
+        for harness in clusters.values():
+            harness.close()
+    left = [p.pid for h in clusters.values() for p in worker_processes(inventory_ports(h.inventory))]
+    assert left == [], f"worker processes outlived their cluster: {left}"
+
+
+def _sessions_open(harness: LoopCluster) -> list[int]:
+    return [i.active_sessions for i in harness.run(harness.cluster.client.infos())]
 
 
 async def _all(coros):
@@ -49,21 +74,15 @@ async def _greedy(cluster, prompt_ids: list[int]) -> list[int]:
 
 
 @pytest.mark.parametrize("stages", [1, 2, 3, 4])
-def test_greedy_tokens_equal_single_process_mlx_lm(stages, smollm2_dir, prompts, reference, tmp_path):
-    inventory = write_inventory(tmp_path, nodes=stages, model_path=smollm2_dir)
-    harness = LoopCluster(inventory, tmp_path / "logs")
-    try:
-        assert [p.num_layers for p in harness.cluster.plan] and sum(p.num_layers for p in harness.cluster.plan) == 30
-        # All prompts at once: sessions must not leak into each other either.
-        got = harness.run(_all(_greedy(harness.cluster, ids) for ids in prompts))
-        for prompt_index, (tokens, expected) in enumerate(zip(got, reference)):
-            assert len(tokens) == NEW_TOKENS
-            assert tokens == expected, f"prompt {prompt_index} diverged through {stages} stages"
-        infos = harness.run(harness.cluster.client.infos())
-        assert [i.active_sessions for i in infos] == [0] * stages, "every session was ended on every worker"
-    finally:
-        harness.close()
-    assert worker_processes(inventory_ports(harness.inventory)) == []
+def test_greedy_tokens_equal_single_process_mlx_lm(stages, cluster_of, prompts, reference):
+    harness = cluster_of(stages)
+    assert len(harness.cluster.plan) == stages and sum(p.num_layers for p in harness.cluster.plan) == 30
+    # All prompts at once: sessions must not leak into each other either.
+    got = harness.run(_all(_greedy(harness.cluster, ids) for ids in prompts))
+    for prompt_index, (tokens, expected) in enumerate(zip(got, reference)):
+        assert len(tokens) == NEW_TOKENS
+        assert tokens == expected, f"prompt {prompt_index} diverged through {stages} stages"
+    assert _sessions_open(harness) == [0] * stages, "every session was ended on every worker"
 
 
 async def _sampled(cluster, prompt_ids: list[int], seed: int) -> list[int]:
@@ -71,14 +90,13 @@ async def _sampled(cluster, prompt_ids: list[int], seed: int) -> list[int]:
     return [step.token_id async for step in cluster.engine.tokens(prompt_ids, params)]
 
 
-def test_seeded_sampling_same_through_one_and_three_stages(smollm2_dir, prompts, tmp_path):
+def test_seeded_sampling_same_through_one_and_three_stages(cluster_of, prompts):
     runs = {}
     for stages in (1, 3):
-        harness = LoopCluster(write_inventory(tmp_path, nodes=stages, model_path=smollm2_dir), tmp_path / f"logs{stages}")
-        try:
-            runs[stages] = [harness.run(_sampled(harness.cluster, prompts[1], seed)) for seed in (7, 7, 8)]
-        finally:
-            harness.close()
+        harness = cluster_of(stages)
+        # At once: a session's random state is its own, whatever else runs beside it.
+        runs[stages] = harness.run(_all(_sampled(harness.cluster, prompts[1], seed) for seed in (7, 7, 8)))
+        assert _sessions_open(harness) == [0] * stages
     one, three = runs[1], runs[3]
     assert one == three, "a seed gives the same tokens however the layers are split"
     assert one[0] == one[1], "the same seed repeats"
