@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -52,6 +53,18 @@ class PrometheusServer:
 
     def targets(self) -> list[dict]:
         return httpx.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+
+    def wait_scraped_since(self, since: float, expected_targets: int, timeout_s: float = 60.0) -> None:
+        """Until every one of the targets has been scraped, successfully, after `since` (epoch s)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            fresh = [t for t in self.targets()
+                     if t["health"] == "up" and datetime.fromisoformat(t["lastScrape"]).timestamp() > since]
+            if len(fresh) >= expected_targets:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not every target scraped within {timeout_s:.0f} s: {self.targets()}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         stop_pids([self.process.pid], timeout_s=10.0)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +33,10 @@ from tests.system_tools import require
 pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _prometheus_installed() -> None:
     require(prometheus_available())
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 4
@@ -87,6 +88,9 @@ class LoadRun:
     completion_tokens: int = 0
     requests: int = 0
     ended_at: float = 0.0
+    first_tokens: list[threading.Event] = field(default_factory=list)   # one per client
+    status_read: threading.Event = field(default_factory=threading.Event)  # clients stream on until it is set
+    started: int = 0
     status_json: dict = field(default_factory=dict)
     status_table: str = ""
     errors: list[str] = field(default_factory=list)
@@ -94,7 +98,13 @@ class LoadRun:
 
 def _client_load(api: ApiCluster, index: int, run: LoadRun, lock: threading.Lock) -> None:
     client = openai.OpenAI(base_url=api.base_url, api_key="unused", timeout=300)
-    for _ in range(REQUESTS_PER_CLIENT):
+    # At least REQUESTS_PER_CLIENT each, and on until `cluster status` has read its live figures:
+    # a status window never falls where no stream generates, however slow the machine.
+    done = 0
+    while done < REQUESTS_PER_CLIENT or not run.status_read.is_set():
+        done += 1
+        with lock:
+            run.started += 1
         try:
             stream = client.chat.completions.create(
                 model="smollm2-135m-instruct", messages=[{"role": "user", "content": PROMPTS[index]}],
@@ -102,6 +112,8 @@ def _client_load(api: ApiCluster, index: int, run: LoadRun, lock: threading.Lock
             usage = None
             for chunk in stream:
                 usage = chunk.usage or usage
+                if chunk.choices and chunk.choices[0].delta.content:
+                    run.first_tokens[index].set()
             with lock:
                 run.prompt_tokens += usage.prompt_tokens
                 run.completion_tokens += usage.completion_tokens
@@ -114,29 +126,37 @@ def _client_load(api: ApiCluster, index: int, run: LoadRun, lock: threading.Lock
 @pytest.fixture(scope="module")
 def load(api: ApiCluster, prometheus: PrometheusServer) -> LoadRun:
     """Four clients at once, with `cluster status` read while they stream."""
-    time.sleep(2)  # a first scrape of every target before the load, so rate() has a start
-    run = LoadRun(before=scrape_all(api), after={})
+    # A first scrape of every target before the load, so rate() has a start.
+    prometheus.wait_scraped_since(time.time(), expected_targets=len(NODES) + 1)
+    run = LoadRun(before=scrape_all(api), after={}, first_tokens=[threading.Event() for _ in range(CLIENTS)])
     lock = threading.Lock()
     clients = [threading.Thread(target=_client_load, args=(api, i, run, lock)) for i in range(CLIENTS)]
     for thread in clients:
         thread.start()
-    time.sleep(6)  # every stream past its prompt
-    status = run_cli(["status", str(api.inventory_path), "--json", "--interval", "3"], api.home, timeout=120)
-    assert status.returncode == 0, status.stdout + status.stderr
-    run.status_json = json.loads(status.stdout)
-    table = run_cli(["status", str(api.inventory_path), "--interval", "3"], api.home, timeout=120)
-    run.status_table = table.stdout
+    try:
+        for first_token in run.first_tokens:  # every stream past its prompt
+            assert first_token.wait(timeout=300), f"a client had no token: {run.errors}"
+        # Both readings at once, right away: their windows fall while every stream decodes.
+        with ThreadPoolExecutor(2) as pool:
+            status, table = pool.map(lambda extra: run_cli(["status", str(api.inventory_path), "--interval", "3",
+                                                            *extra], api.home, timeout=120), (["--json"], []))
+        assert status.returncode == 0, status.stdout + status.stderr
+        run.status_json = json.loads(status.stdout)
+        run.status_table = table.stdout
+    finally:
+        run.status_read.set()
     for thread in clients:
         thread.join(timeout=600)
     run.ended_at = time.time()
     run.after = scrape_all(api)
     print(f"\n`cluster status` during a {CLIENTS}-client load:\n{run.status_table}")
-    time.sleep(3)  # Prometheus scrapes once more after the last token
+    # Prometheus scrapes once more after the last token.
+    prometheus.wait_scraped_since(run.ended_at, expected_targets=len(NODES) + 1)
     return run
 
 
 def test_prometheus_scrapes_every_node_and_the_coordinator(prometheus: PrometheusServer, load: LoadRun) -> None:
-    assert not load.errors and load.requests == CLIENTS * REQUESTS_PER_CLIENT
+    assert not load.errors and load.requests == load.started >= CLIENTS * REQUESTS_PER_CLIENT
     health = {t["labels"]["node"]: t["health"] for t in prometheus.targets()}
     assert health == {"w1": "up", "w2": "up", "w3": "up", "coordinator": "up"}, health
 
