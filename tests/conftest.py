@@ -19,6 +19,17 @@ os.environ["BOLTPIPE_HOME"] = tempfile.mkdtemp(prefix="boltpipe-test-home-")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DATA = REPO_ROOT / "tests" / "data"
 
+# The longest files first (pytest --durations shows them), so that with several test processes
+# (pytest -n 2 --dist loadfile) none of them is left running one of these at the end alone.
+LONGEST_FIRST = ("test_soak.py", "test_pipeline_equivalence.py", "test_openai_api.py", "test_ssh_deploy.py",
+                 "test_faults.py", "test_api_deadline.py", "test_metrics_prometheus.py", "test_cli_lifecycle.py",
+                 "test_worker_fuzz.py", "test_model_too_large.py", "test_lab_discovery.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
+
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
