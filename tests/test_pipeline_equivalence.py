@@ -18,7 +18,7 @@ from tests.reference import greedy_tokens
 
 pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
 
-NEW_TOKENS = 48
+NEW_TOKENS = 32
 CHAT_PROMPTS = ["What is the capital of France?", "Write a short poem about the sea, please."]
 RAW_PROMPTS = ["The three most important inventions of the twentieth century were", "def fibonacci(n):\n"]
 
@@ -86,7 +86,7 @@ def test_greedy_tokens_equal_single_process_mlx_lm(stages, cluster_of, prompts, 
 
 
 async def _sampled(cluster, prompt_ids: list[int], seed: int) -> list[int]:
-    params = GenerationParams(max_tokens=24, temperature=0.8, top_p=0.9, seed=seed, ignore_eos=True)
+    params = GenerationParams(max_tokens=16, temperature=0.8, top_p=0.9, seed=seed, ignore_eos=True)
     return [step.token_id async for step in cluster.engine.tokens(prompt_ids, params)]
 
 

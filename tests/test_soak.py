@@ -34,7 +34,7 @@ FULL = os.environ.get("BOLTPIPE_SOAK", "").lower() == "full"
 REQUESTS = 200 if FULL else 60
 KILL_EVERY = 16 if FULL else 10    # requests started between two kills
 MAX_KILLS = 12 if FULL else 5
-MAX_TOKENS = 8
+MAX_TOKENS = 6
 HANG_S = 150.0        # a request still open after this counts as hung
 PROMPTS = ["What is the capital of France?", "Name a primary color.", "What is 7 times 8?", "Who wrote Hamlet?",
            "Say hello in Spanish.", "What is the largest planet?"]
