@@ -1,6 +1,6 @@
 """Download from a Hugging Face repository only what one stage needs.
 
-    python -m deploy.hf_fetch --repo R --dest D --layers START END --num-layers N [--tied] [--revision X]
+    python -m deploy.hf_fetch --repo R --dest D --layers START END --num-layers N [--revision X]
 
 Fetches config.json (and generation_config.json if the repository has one), the weight index, then
 only the weight files holding the stage's tensors. D is then a partial model directory:
@@ -18,6 +18,8 @@ from pathlib import Path
 
 from deploy.hf_select import download_stage_files
 from deploy.stage_tensors import INDEX_FILE, SMALL_FILES, files_for_stage
+from node.architectures import text_config
+from node.tensor_names import extra_layer_count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", required=True, nargs=2, type=int, metavar=("START", "END"),
                         help="the stage's layers [START, END)")
     parser.add_argument("--num-layers", required=True, type=int, help="the model's num_hidden_layers")
-    parser.add_argument("--tied", action="store_true", help="the model ties its head to the embedding")
     parser.add_argument("--revision", help="branch, tag or commit")
     args = parser.parse_args(argv)
 
@@ -44,12 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         except EntryNotFoundError:
             return None
 
-    download_stage_files(args.repo, [SMALL_FILES[0]], args.dest, args.revision)
+    config_path = download_stage_files(args.repo, [SMALL_FILES[0]], args.dest, args.revision)[0]
     for name in SMALL_FILES[1:]:
         optional(name)
     index_path = optional(INDEX_FILE)
     index = json.loads(index_path.read_text()) if index_path is not None else None
-    files = files_for_stage(index, start, end, args.num_layers, args.tied)
+    extra_layers = extra_layer_count(text_config(json.loads(config_path.read_text())))
+    files = files_for_stage(index, start, end, args.num_layers, extra_layers)
     for path in download_stage_files(args.repo, files, args.dest, args.revision):
         print(path)
     return 0

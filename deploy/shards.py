@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from deploy.stage_tensors import INDEX_FILE, SMALL_FILES, WEIGHTS_FILE, files_for_stage, stage_tensor_names
+from deploy.stage_tensors import INDEX_FILE, SMALL_FILES, WEIGHTS_FILE, files_for_stage, has_head, stage_tensor_names
 from node.model_config import SHARD_MANIFEST, read_model_info
+from node.tensor_names import EMBEDDING, HEAD, LAYER, NORM, extra_layer_count, tensor_role
 from node.model_sizes import ModelSizeError, SafetensorsHeader, TensorEntry, read_safetensors_header
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -174,7 +175,7 @@ def cut_shard(model_dir: str | Path, layer_start: int, layer_end: int, out_dir: 
         raise ShardError(f"the shard's directory must differ from the model's ({model_dir}); choose another one")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / SHARD_MANIFEST).is_file():
         raise ShardError(f"{out_dir} exists and is not a shard; choose a new or empty directory")
-    plan = _stage_tensors(model_dir, layer_start, layer_end, info.num_layers, info.tie_word_embeddings)
+    plan = _stage_tensors(model_dir, layer_start, layer_end, info.num_layers, extra_layer_count(info.text_config))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
@@ -203,7 +204,8 @@ class _Source:
         return self.header.tensors[name]
 
 
-def _stage_tensors(model_dir: Path, start: int, end: int, num_layers: int, tied: bool) -> dict[str, _Source]:
+def _stage_tensors(model_dir: Path, start: int, end: int, num_layers: int,
+                   extra_layers: int) -> dict[str, _Source]:
     """Tensor name -> the source file holding it, for the stage's tensors, checked to be complete.
 
     With an index only the files holding the stage's tensors are read, so a directory holding just
@@ -214,8 +216,9 @@ def _stage_tensors(model_dir: Path, start: int, end: int, num_layers: int, tied:
         try:
             index = json.loads(index_path.read_text())
             weight_map = index["weight_map"]
-            expected = stage_tensor_names(weight_map, start, end, num_layers, tied)
-            names = files_for_stage(index, start, end, num_layers, tied)
+            tied = not has_head(weight_map)
+            expected = stage_tensor_names(weight_map, start, end, num_layers, tied, extra_layers)
+            names = files_for_stage(index, start, end, num_layers, extra_layers)
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise ShardError(f"{index_path} is not a valid safetensors index (needs a weight_map): {exc!r}") from exc
         paths = [model_dir / name for name in names]
@@ -234,7 +237,12 @@ def _stage_tensors(model_dir: Path, start: int, end: int, num_layers: int, tied:
             if name in holder:
                 raise ShardError(f"tensor {name!r} appears in both {holder[name].path.name} and {path.name}")
             holder[name] = source
-    chosen = stage_tensor_names(holder, start, end, num_layers, tied)
+    if expected is None:
+        tied = not has_head(holder)
+    try:
+        chosen = stage_tensor_names(holder, start, end, num_layers, tied, extra_layers)
+    except ValueError as exc:
+        raise ShardError(f"{model_dir}: {exc}") from exc
     _check_complete(model_dir, chosen, expected, start, end, num_layers, tied)
     return {name: holder[name] for name in chosen}
 
@@ -242,15 +250,18 @@ def _stage_tensors(model_dir: Path, start: int, end: int, num_layers: int, tied:
 def _check_complete(model_dir: Path, chosen: list[str], expected: list[str] | None, start: int, end: int,
                     num_layers: int, tied: bool) -> None:
     """Refuse to cut a shard that would lack what its stage needs, rather than let a worker find out."""
-    have = set(chosen)
-    lacking = [f"layer {i}" for i in range(start, end) if not any(n.startswith(f"model.layers.{i}.") for n in have)]
-    if (start == 0 or (end == num_layers and tied)) and not any(n.startswith("model.embed_tokens.") for n in have):
-        lacking.append("the token embedding (model.embed_tokens.*)")
-    if end == num_layers and not any(n.startswith("model.norm.") for n in have):
-        lacking.append("the final norm (model.norm.*)")
-    if end == num_layers and not tied and not any(n.startswith("lm_head.") for n in have):
-        lacking.append("the output head (lm_head.*)")
+    roles = [tensor_role(n, num_layers) for n in chosen]
+    parts = {r.part for r in roles}
+    layers = {r.layer for r in roles if r.part == LAYER}
+    lacking = [f"layer {i}" for i in range(start, end) if i not in layers]
+    if (start == 0 or (end == num_layers and tied)) and EMBEDDING not in parts:
+        lacking.append("the token embedding (embed_tokens)")
+    if end == num_layers and NORM not in parts:
+        lacking.append("the final norm")
+    if end == num_layers and not tied and HEAD not in parts:
+        lacking.append("the output head (lm_head)")
     if expected is not None:
+        have = set(chosen)
         lacking += [f"{n} (named by the index)" for n in expected if n not in have]
     if lacking:
         shown = ", ".join(lacking[:6]) + (f" and {len(lacking) - 6} more" if len(lacking) > 6 else "")

@@ -58,11 +58,11 @@ async def check_remote_model(node: NodeConnection, path: str) -> str:
 
 
 async def fetch_from_hub(node: NodeConnection, venv_python: str, repo: str, layer_start: int, layer_end: int,
-                         num_layers: int, tied: bool, revision: str | None = None) -> str:
+                         num_layers: int, revision: str | None = None) -> str:
     """The node downloads the files holding its layers itself (deploy/hf_fetch.py runs there)."""
     dest = f"{node.install_dir}/models/hf/{repo.replace('/', '--')}/{layer_start}-{layer_end}"
     command = (f"{quote(venv_python)} -m deploy.hf_fetch --repo {quote(repo)} --dest {quote(dest)} "
-               f"--layers {layer_start} {layer_end} --num-layers {num_layers}" + (" --tied" if tied else "")
+               f"--layers {layer_start} {layer_end} --num-layers {num_layers}"
                + (f" --revision {quote(revision)}" if revision else ""))
     await node.run(command, timeout_s=24 * 3600)
     return dest

@@ -6,9 +6,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-# mlx-lm architectures whose decoder has the plain shape the stage runner relies on:
-# embed_tokens -> layers -> norm -> lm_head (or tied embeddings).
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+from node.architectures import text_config, unsupported_reason
+
 
 # A directory holding this file is a per-node shard (deploy/shards.py cuts them): config.json is the
 # full model's, but the weights cover only the layers the manifest names.
@@ -28,8 +27,13 @@ class ModelInfo:
     vocab_size: int
     tie_word_embeddings: bool
     max_position_embeddings: int | None
-    config: dict
+    config: dict            # config.json as it is
     shard_layers: tuple[int, int] | None = None  # [start, end) a shard holds; None for a full model
+
+    @property
+    def text_config(self) -> dict:
+        """The decoder's settings (a vision-language checkpoint nests them in text_config)."""
+        return text_config(self.config)
 
     @property
     def is_shard(self) -> bool:
@@ -55,23 +59,23 @@ def read_model_info(path: str | Path) -> ModelInfo:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
         raise ModelDirError(f"{config_file} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelDirError(f"{config_file} is not a JSON object")
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelDirError(
-            f"{path}: model_type {model_type!r} is not supported; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    if (why := unsupported_reason(model_type)) is not None:
+        raise ModelDirError(f"{path}: {why}")
     if not list(path.glob("model*.safetensors")):
         raise ModelDirError(f"{path} holds no model*.safetensors weight files")
+    text = text_config(config)
     try:
         info = ModelInfo(
             path=path,
             model_type=model_type,
-            num_layers=int(config["num_hidden_layers"]),
-            hidden_size=int(config["hidden_size"]),
-            vocab_size=int(config["vocab_size"]),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
-            max_position_embeddings=config.get("max_position_embeddings"),
+            num_layers=int(text["num_hidden_layers"]),
+            hidden_size=int(text["hidden_size"]),
+            vocab_size=int(text["vocab_size"]),
+            tie_word_embeddings=bool(text.get("tie_word_embeddings", True)),
+            max_position_embeddings=text.get("max_position_embeddings"),
             config=config,
         )
     except KeyError as exc:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from node.architectures import text_config
+from node.tensor_names import EMBEDDING, HEAD, LAYER, NORM, SKIPPED, extra_layer_count, tensor_role
 
 # Real headers are a few hundred kB even for very large models; anything far bigger is corruption,
 # and refusing it keeps a bad file from making us allocate gigabytes.
 MAX_HEADER_BYTES = 100_000_000
 
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
 class ModelSizeError(ValueError):
@@ -28,7 +29,7 @@ class ModelSizeError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSizes:
-    layer_bytes: tuple[int, ...]  # index i = bytes of model.layers.i.*
+    layer_bytes: tuple[int, ...]  # index i = bytes of layer i's tensors (experts included)
     embedding_bytes: int
     norm_bytes: int
     head_bytes: int  # 0 when tied
@@ -139,15 +140,17 @@ def weight_files(model_dir: Path) -> list[Path]:
     return sorted(model_dir.glob("model*.safetensors"))
 
 
-def _config_layers(model_dir: Path) -> int | None:
+def _config_layers(model_dir: Path) -> tuple[int | None, int]:
+    """(num_hidden_layers, multi-token-prediction layers past them) from config.json, if it says."""
     config = model_dir / "config.json"
     if not config.is_file():
-        return None
+        return None, 0
     try:
-        value = json.loads(config.read_text()).get("num_hidden_layers")
+        text = text_config(json.loads(config.read_text()))
+        value = text.get("num_hidden_layers")
     except (json.JSONDecodeError, AttributeError) as exc:
         raise ModelSizeError(f"{config.name} in {model_dir} is not a valid JSON object: {exc}") from exc
-    return int(value) if value is not None else None
+    return (int(value) if value is not None else None), extra_layer_count(text)
 
 
 def read_model_sizes(model_dir: Path | str, num_layers: int | None = None) -> ModelSizes:
@@ -159,28 +162,25 @@ def read_model_sizes(model_dir: Path | str, num_layers: int | None = None) -> Mo
     files = weight_files(model_dir)
     if not files:
         raise ModelSizeError(f"{model_dir} holds no model*.safetensors weight files")
+    configured, extra_layers = _config_layers(model_dir)
+    if num_layers is None:
+        num_layers = configured
     layers: dict[int, int] = {}
-    parts = {"embedding": 0, "norm": 0, "head": 0, "other": 0}
+    parts = {EMBEDDING: 0, NORM: 0, HEAD: 0, "other": 0}
     seen: dict[str, str] = {}
-    has_head = False
     for path in files:
         for name, size in tensor_sizes(path).items():
             if name in seen:
                 raise ModelSizeError(f"tensor {name!r} appears in both {seen[name]} and {path.name}")
             seen[name] = path.name
-            if m := _LAYER.match(name):
-                layers[int(m.group(1))] = layers.get(int(m.group(1)), 0) + size
-            elif name.startswith("model.embed_tokens."):
-                parts["embedding"] += size
-            elif name.startswith("model.norm."):
-                parts["norm"] += size
-            elif name.startswith("lm_head."):
-                parts["head"] += size
-                has_head = True
+            role = tensor_role(name)  # layers past the config's count are reported below, all at once
+            if role.part == SKIPPED or (role.part == LAYER and num_layers is not None
+                                        and num_layers <= role.layer < num_layers + extra_layers):
+                continue  # vision towers, multi-token-prediction layers: no stage holds them
+            if role.part == LAYER:
+                layers[role.layer] = layers.get(role.layer, 0) + size
             else:
-                parts["other"] += size
-    if num_layers is None:
-        num_layers = _config_layers(model_dir)
+                parts[role.part if role.part in parts else "other"] += size
     if num_layers is None:
         num_layers = max(layers, default=-1) + 1
     missing = [i for i in range(num_layers) if i not in layers]
@@ -196,11 +196,11 @@ def read_model_sizes(model_dir: Path | str, num_layers: int | None = None) -> Mo
         raise ModelSizeError(f"{model_dir}: {'; '.join(problems)} (is a weight file missing or from another model?)")
     return ModelSizes(
         layer_bytes=tuple(layers[i] for i in range(num_layers)),
-        embedding_bytes=parts["embedding"],
-        norm_bytes=parts["norm"],
-        head_bytes=parts["head"],
+        embedding_bytes=parts[EMBEDDING],
+        norm_bytes=parts[NORM],
+        head_bytes=parts[HEAD],
         other_bytes=parts["other"],
-        tied=not has_head,
+        tied=parts[HEAD] == 0,
     )
 
 

@@ -47,7 +47,7 @@ class StageRunner:
                 raise StepRefused(f"step has {len(ids)} tokens, more than the chunk limit {self.max_step_tokens}")
             if min(ids) < 0 or max(ids) >= self.vocab_size:
                 raise StepRefused(f"token id out of range [0, {self.vocab_size})")
-            return self.stage.embed(mx.array(ids, dtype=mx.int32)[None])
+            return self.stage.embed(mx.array(ids, dtype=mx.int32)[None], step.position)
         if not step.HasField("hidden"):
             raise StepRefused(f"stage {self.stage.layer_range.start}..: step carries no hidden state")
         shape = tuple(step.hidden.shape)
@@ -67,7 +67,7 @@ class StageRunner:
             session = self.sessions.for_step(step.session_id, step.position)
         except SessionError as exc:
             raise StepRefused(str(exc)) from exc
-        h = self.stage.run_layers(h, session.cache)
+        h = self.stage.run_layers(h, session.cache, session.position)
         out = StepOutput(num_tokens=n)
         if not self.stage.is_last:
             mx.eval(h)

@@ -7,29 +7,17 @@ import asyncio
 import pytest
 
 from cluster.api.admission import Admission, AdmissionRefused
-from cluster.planning.kv_budget import kv_bytes_per_token, session_limit
-
-SMOLLM2 = {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
-
-
-def test_kv_bytes_per_token_of_smollm2() -> None:
-    # 3 KV heads x 64 dims, keys and values, float32, 30 layers.
-    assert kv_bytes_per_token(SMOLLM2, 30, 4) == 30 * 2 * 3 * 64 * 4
-    assert kv_bytes_per_token({**SMOLLM2, "head_dim": 128}, 1, 2) == 2 * 3 * 128 * 2
-    assert kv_bytes_per_token({"num_attention_heads": 8, "hidden_size": 512}, 1, 2) == 2 * 8 * 64 * 2
+from cluster.planning.kv_budget import session_limit
 
 
 def test_session_limit_follows_the_largest_stage() -> None:
-    per_token_10_layers = kv_bytes_per_token(SMOLLM2, 10, 4)
-    budget = per_token_10_layers * 1000 * 5 + 1
-    assert session_limit([10, 10, 10], SMOLLM2, context_length=1000, kv_budget_bytes=budget,
-                         dtype_bytes=4, configured_max=64) == 5
-    assert session_limit([10, 10, 12], SMOLLM2, context_length=1000, kv_budget_bytes=budget,
-                         dtype_bytes=4, configured_max=64) == 4
-    assert session_limit([10, 10, 10], SMOLLM2, context_length=1000, kv_budget_bytes=budget,
-                         dtype_bytes=4, configured_max=3) == 3
-    assert session_limit([10], SMOLLM2, context_length=10**6, kv_budget_bytes=budget,
-                         dtype_bytes=4, configured_max=8) == 0
+    per_session = 10 * 384 * 4 * 1000       # 10 layers x 384 elements per token, float32, 1000 tokens
+    budget = per_session * 5 + 1
+    assert session_limit([per_session] * 3, kv_budget_bytes=budget, configured_max=64) == 5
+    assert session_limit([per_session, per_session, per_session * 12 // 10], kv_budget_bytes=budget,
+                         configured_max=64) == 4
+    assert session_limit([per_session] * 3, kv_budget_bytes=budget, configured_max=3) == 3
+    assert session_limit([per_session * 1000], kv_budget_bytes=budget, configured_max=8) == 0
 
 
 def test_requests_beyond_the_queue_are_refused_at_once_and_admitted_ones_finish() -> None:

@@ -50,27 +50,27 @@ def index(request, tmp_path: Path) -> tuple[dict, bool]:
 ])
 def test_first_and_middle_stages(index, start, end, files) -> None:
     idx, tied = index
-    assert files_for_stage(idx, start, end, 32, tied) == files
+    assert files_for_stage(idx, start, end, 32) == files
 
 
 def test_last_stage_untied_reads_the_head_file(index) -> None:
     idx, tied = index
     expected = [F1, F3, F4] if tied else [F3, F4]  # tied: the head is the embedding, in file 1
-    assert files_for_stage(idx, 24, 32, 32, tied) == expected
+    assert files_for_stage(idx, 24, 32, 32) == expected
 
 
 def test_a_single_stage_needs_every_file(index) -> None:
     idx, tied = index
-    assert files_for_stage(idx, 0, 32, 32, tied) == [F1, F2, F3, F4]
+    assert files_for_stage(idx, 0, 32, 32) == [F1, F2, F3, F4]
 
 
 def test_no_index_means_the_single_file() -> None:
-    assert files_for_stage(None, 3, 5, 8, False) == ["model.safetensors"]
+    assert files_for_stage(None, 3, 5, 8) == ["model.safetensors"]
 
 
 def test_bad_range() -> None:
     with pytest.raises(ValueError, match="not within the model's 32 layers"):
-        files_for_stage(llama8b_index(False), 30, 33, 32, False)
+        files_for_stage(llama8b_index(False), 30, 33, 32)
 
 
 def test_small_files_leave_out_the_tokenizer() -> None:
@@ -82,9 +82,9 @@ def test_against_a_real_model_directory(tmp_path) -> None:
                                layers_per_shard=2)
     index = json.loads((model / "model.safetensors.index.json").read_text())
     # The factory writes embedding, norm and head to file 1, then layers two per file.
-    assert files_for_stage(index, 0, 2, 6, False) == [F1, F2]
-    assert files_for_stage(index, 2, 4, 6, False) == [F3]
-    assert files_for_stage(index, 3, 6, 6, False) == [F1, F3, F4]
+    assert files_for_stage(index, 0, 2, 6) == [F1, F2]
+    assert files_for_stage(index, 2, 4, 6) == [F3]
+    assert files_for_stage(index, 3, 6, 6) == [F1, F3, F4]
 
 
 def test_fetch_refuses_a_bad_range_before_any_download(tmp_path, capsys) -> None:

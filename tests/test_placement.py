@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster.planning.placement import (NodeBudget, Placement, PlacementError, PlanError, activation_headroom_bytes,
-                                         format_bytes, kv_bytes_per_layer, plan_placement)
+                                         format_bytes, plan_placement)
 from node.model_sizes import ModelSizes
 
 SMOLLM2_CONFIG = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
@@ -274,13 +274,6 @@ def test_bad_arguments() -> None:
         plan_placement([NodeBudget("a", 10**6, weight=0.0)], model([1]), kv_bytes_per_layer=0, headroom_bytes=0)
     with pytest.raises(PlacementError, match="no nodes"):
         plan_placement([], model([1]), kv_bytes_per_layer=0, headroom_bytes=0)
-
-
-def test_kv_bytes_per_layer() -> None:
-    # SmolLM2-135M: 3 KV heads x head_dim 64, keys and values, float16.
-    assert kv_bytes_per_layer(SMOLLM2_CONFIG, context_length=2048, sessions=4, dtype_bytes=2) == 2 * 3 * 64 * 2 * 2048 * 4
-    explicit = SMOLLM2_CONFIG | {"head_dim": 128}
-    assert kv_bytes_per_layer(explicit, context_length=1, sessions=1, dtype_bytes=4) == 2 * 3 * 128 * 4
 
 
 def test_activation_headroom_bytes() -> None:

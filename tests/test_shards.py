@@ -217,7 +217,7 @@ class TestCutShard:
         index = json.loads((untied / "model.safetensors.index.json").read_text())
         partial = tmp_path / "partial"
         partial.mkdir()
-        for name in ["config.json", "model.safetensors.index.json", *files_for_stage(index, 2, 4, LAYERS, False)]:
+        for name in ["config.json", "model.safetensors.index.json", *files_for_stage(index, 2, 4, LAYERS)]:
             shutil.copy(untied / name, partial / name)
         assert len(list(partial.glob("*.safetensors"))) == 1
         cut_shard(partial, 2, 4, tmp_path / "from-partial")
@@ -266,8 +266,8 @@ class TestLoadFromShard:
             x_full, x_part = full.embed(tokens), part.embed(tokens)
         else:
             x_full = x_part = mx.random.normal((1, 5, HIDDEN))
-        y_full = full.run_layers(x_full, full.make_cache())
-        y_part = part.run_layers(x_part, part.make_cache())
+        y_full = full.run_layers(x_full, full.make_cache(), 0)
+        y_part = part.run_layers(x_part, part.make_cache(), 0)
         if full.is_last:
             y_full, y_part = full.head(y_full), part.head(y_part)
         assert mx.array_equal(y_full, y_part).item()
@@ -298,7 +298,7 @@ class TestLoadFromShard:
         index = json.loads((untied / "model.safetensors.index.json").read_text())
         partial = tmp_path / "partial"
         partial.mkdir()
-        for name in ["config.json", "model.safetensors.index.json", *files_for_stage(index, 2, 4, LAYERS, False)]:
+        for name in ["config.json", "model.safetensors.index.json", *files_for_stage(index, 2, 4, LAYERS)]:
             shutil.copy(untied / name, partial / name)
         full, part = load_stage(untied, LayerRange(2, 4)), load_stage(partial, LayerRange(2, 4))
         for (name, a), (_, b) in zip(tree_flatten(full.parameters()), tree_flatten(part.parameters())):

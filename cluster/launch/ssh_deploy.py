@@ -164,8 +164,7 @@ async def push_weights(inventory: Inventory, model: ModelInfo, plan: ClusterPlan
                 entry.weights_dir = await check_remote_model(node, stage.spec.model_path)
             elif inventory.model.hf:
                 entry.weights_dir = await fetch_from_hub(node, venv_python(node), inventory.model.hf, stage.layer_start,
-                                                         stage.layer_end, model.num_layers, model.tie_word_embeddings,
-                                                         inventory.model.revision)
+                                                         stage.layer_end, model.num_layers, inventory.model.revision)
             else:
                 shard, manifest = await asyncio.to_thread(local_shard, model.path, stage.layer_start, stage.layer_end)
                 bar = _bar(f"weights {stage.node} [{stage.layer_start},{stage.layer_end})", i, show_progress)

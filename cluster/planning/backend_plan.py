@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from cluster.inventory import NodeSpec
 from cluster.planning.node_facts import NodeFacts
 from cluster.planning.placement import PlacementError
+from node.coreml.arch import ArchError, read_arch
 from node.coreml.settings import BACKEND_PREFIX, DEFAULT_PREFILL_CHUNK, INVENTORY_NAME, MAX_CONTEXT, AneSettings
 
 MLX_BACKEND = "mlx"
@@ -34,9 +35,17 @@ class BackendPlan:
         return spec.backend == INVENTORY_NAME
 
 
-def check_backends(nodes: list[NodeSpec], facts: dict[str, NodeFacts]) -> None:
-    """Every node that asks for the Neural Engine but does not offer it, in one error."""
+def check_backends(nodes: list[NodeSpec], facts: dict[str, NodeFacts], model_config: dict | None = None) -> None:
+    """Every node that asks for the Neural Engine but does not offer it, in one error; and the model
+    itself when a node asks for it and Core ML has no builder for the model's family."""
     refused = []
+    if model_config is not None and any(BackendPlan.is_ane(spec) for spec in nodes):
+        try:
+            read_arch(model_config)
+        except ArchError as exc:
+            names = ", ".join(spec.name for spec in nodes if BackendPlan.is_ane(spec))
+            refused.append(f"backend: ane (on {names}) cannot run this model through Core ML: {exc}. "
+                           "Give those nodes backend: auto, gpu or cpu")
     for spec in nodes:
         offered = facts[spec.name].backends
         if BackendPlan.is_ane(spec) and BACKEND_PREFIX not in offered:

@@ -15,8 +15,9 @@ from cluster.planning.backend_plan import BackendPlan, check_backends, plan_back
 from cluster.planning.kv_budget import session_limit
 from cluster.planning.node_facts import NodeFacts
 from cluster.planning.placement import (NodeBudget, Placement, PlacementError, activation_headroom_bytes, format_bytes,
-                                        kv_bytes_per_layer, plan_placement)
+                                        plan_placement)
 from deploy.text_table import format_rows
+from node.kv_profile import kv_profile, session_kv_bytes
 from node.model_config import ModelInfo
 from node.model_sizes import ModelSizes
 
@@ -56,6 +57,7 @@ class ClusterPlan:
     context_length: int
     max_sessions: int
     context_note: str = ""  # set when a Core ML node capped the context
+    kv_note: str = ""       # what the layers' caches keep per session (full, windowed, fixed state)
 
     def kv_budget_bytes(self, stage: PlannedStage) -> int:
         return stage.placement.kv_bytes
@@ -103,16 +105,17 @@ def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: 
     order = ring_order([(n.name, by_name[n.name].interfaces) for n in inventory.nodes])
     nodes = [specs[name] for name in order]
 
-    check_backends(nodes, by_name)
+    check_backends(nodes, by_name, model.config)
     backends = plan_backends(nodes, context_length(inventory, model))
     context = backends.context_length
     dtype = kv_dtype_bytes(model)
     headroom = [_headroom(inventory, model, context, backends, spec) for spec in nodes]
+    profile = kv_profile(model.config)
     if inventory.kv_budget_mb is None:
-        # Reserve what max_concurrent sessions need at the full context, layer by layer (Core ML
-        # caches are fp16 and always hold the full context).
-        per_layer = [kv_bytes_per_layer(model.config, context_length=context, sessions=inventory.max_concurrent,
-                                        dtype_bytes=2 if backends.is_ane(spec) else dtype) for spec in nodes]
+        # Reserve what max_concurrent sessions need at the full context, layer by layer, as each
+        # layer's own cache keeps it (Core ML caches are fp16 and always hold the full context).
+        per_layer = [[layer.bytes(context, 2 if backends.is_ane(spec) else dtype) * inventory.max_concurrent
+                      for layer in profile] for spec in nodes]
         fixed_kv = 0
     else:
         per_layer, fixed_kv = [0] * len(nodes), inventory.kv_budget_mb << 20
@@ -123,8 +126,9 @@ def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: 
         # The fixed KV budget was planned as headroom; show it as KV.
         placements = [Placement(p.node, p.layer_start, p.layer_end, p.weight_bytes, fixed_kv,
                                 p.headroom_bytes - fixed_kv, p.budget_bytes) for p in placements]
-        sessions = session_limit([p.num_layers for p in placements], model.config, context_length=context,
-                                 kv_budget_bytes=fixed_kv, dtype_bytes=dtype, configured_max=inventory.max_concurrent)
+        sessions = session_limit([session_kv_bytes(profile, p.layer_start, p.layer_end, context, dtype)
+                                  for p in placements], kv_budget_bytes=fixed_kv,
+                                 configured_max=inventory.max_concurrent)
         if sessions < 1:
             raise PlacementError(
                 f"pipeline.kv_budget_mb ({inventory.kv_budget_mb} MB per worker) cannot hold one session of "
@@ -140,7 +144,15 @@ def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: 
             next_address, next_link = "", ""
         stages.append(PlannedStage(spec, by_name[spec.name], placement, node_budgets[i][1], next_address, next_link,
                                    backends.stage_backend(spec)))
-    return ClusterPlan(stages, context, sessions, backends.context_note)
+    return ClusterPlan(stages, context, sessions, backends.context_note, kv_note(profile, context, dtype))
+
+
+def kv_note(profile, context: int, dtype_bytes: int) -> str:
+    """One session's cache at full context, and the kinds of layer cache behind it."""
+    kinds = Counter(layer.kind for layer in profile)
+    total = sum(layer.bytes(context, dtype_bytes) for layer in profile)
+    return (f"KV cache per session at {context} tokens: {format_bytes(total)} "
+            f"({', '.join(f'{n} layer(s) {kind}' for kind, n in kinds.items())})")
 
 
 def _headroom(inventory: Inventory, model: ModelInfo, context: int, backends: BackendPlan, spec: NodeSpec) -> int:
@@ -167,6 +179,8 @@ def plan_table(plan: ClusterPlan, model_name: str) -> str:
             f"context {plan.context_length} tokens, up to {plan.max_sessions} sessions at once")
     if plan.context_note:
         head += f" (context {plan.context_note})"
+    if plan.kv_note:
+        head += f"\n{plan.kv_note}"
     ane = [s.node for s in plan.stages if s.backend != "mlx"]
     if ane:
         head += f"; Core ML on the Neural Engine: {', '.join(ane)}"

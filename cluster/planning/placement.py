@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from cluster.planning.kv_budget import kv_bytes_per_token
 from node.model_sizes import ModelSizes
 
 
@@ -63,11 +62,6 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def kv_bytes_per_layer(config: dict, *, context_length: int, sessions: int, dtype_bytes: int) -> int:
-    """Keys and values one layer keeps for `sessions` sessions at full context."""
-    return kv_bytes_per_token(config, 1, dtype_bytes) * context_length * sessions
-
-
 def activation_headroom_bytes(config: dict, *, prefill_chunk: int, context_length: int, runtime_bytes: int) -> int:
     """A worker's working memory beyond weights and KV cache: the runtime (python, mlx, grpc;
     measured by the caller) plus the float32 temporaries of one prefill chunk through one layer.
@@ -83,11 +77,17 @@ def activation_headroom_bytes(config: dict, *, prefill_chunk: int, context_lengt
     return runtime_bytes + chunk * per_token + scores
 
 
-def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_per_layer: int | Sequence[int],
+KvPerLayer = int | Sequence[int]  # one figure for every layer, or one per layer (windows, linear attention)
+
+
+def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *,
+                   kv_bytes_per_layer: KvPerLayer | Sequence[KvPerLayer],
                    headroom_bytes: int | Sequence[int]) -> list[Placement]:
     """Contiguous layer ranges in node (ring) order, every layer once, every node at least one,
     nobody over budget; shares as close to proportional as the budgets allow. KV bytes per layer
-    and headroom may be given per node (a Core ML node keeps fp16 caches at a fixed context)."""
+    and headroom may be given per node (a Core ML node keeps fp16 caches at a fixed context), and
+    each node's KV per layer as one figure or a list with one per layer (a sliding-window layer
+    keeps less than a full one, a linear-attention layer a fixed state)."""
     n, num_layers = len(nodes), sizes.num_layers
     if n == 0:
         raise PlacementError("no nodes to place layers on")
@@ -95,11 +95,18 @@ def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_p
         raise PlacementError(f"the model has {num_layers} layers, fewer than the {n} nodes; use at most {num_layers} nodes")
     if any(not (math.isfinite(node.weight) and node.weight > 0) for node in nodes):
         raise PlacementError("node weights must be positive (finite) numbers")
-    kv = [kv_bytes_per_layer] * n if isinstance(kv_bytes_per_layer, int) else list(kv_bytes_per_layer)
-    if len(kv) != n:
-        raise PlacementError(f"one KV figure per node is needed ({len(kv)} for {n} nodes)")
-    if any(k < 0 for k in kv):
+    kv_nodes = [kv_bytes_per_layer] * n if isinstance(kv_bytes_per_layer, int) else list(kv_bytes_per_layer)
+    if len(kv_nodes) != n:
+        raise PlacementError(f"one KV figure per node is needed ({len(kv_nodes)} for {n} nodes)")
+    kv = [[k] * num_layers if isinstance(k, int) else list(k) for k in kv_nodes]  # node -> bytes of each layer
+    if any(len(k) != num_layers for k in kv):
+        raise PlacementError(f"a per-layer KV list must have one figure for each of the {num_layers} layers")
+    if any(b < 0 for k in kv for b in k):
         raise PlacementError("kv_bytes_per_layer must not be negative")
+    kv_prefix = [[0] for _ in range(n)]
+    for i in range(n):
+        for b in kv[i]:
+            kv_prefix[i].append(kv_prefix[i][-1] + b)
     headroom = [headroom_bytes] * n if isinstance(headroom_bytes, int) else list(headroom_bytes)
     if len(headroom) != n:
         raise PlacementError(f"one headroom figure per node is needed ({len(headroom)} for {n} nodes)")
@@ -109,8 +116,11 @@ def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_p
         prefix.append(prefix[-1] + b)
     fixed = [sizes.stage_bytes(0, 0, first=i == 0, last=i == n - 1) + headroom[i] for i in range(n)]
 
+    def kv_bytes(i: int, start: int, end: int) -> int:
+        return kv_prefix[i][end] - kv_prefix[i][start]
+
     def need(i: int, start: int, end: int) -> int:
-        return fixed[i] + prefix[end] - prefix[start] + (end - start) * kv[i]
+        return fixed[i] + prefix[end] - prefix[start] + kv_bytes(i, start, end)
 
     ideal = _ideal_counts(num_layers, [node.weight * max(0, node.usable_bytes - f) for node, f in zip(nodes, fixed)],
                           [node.weight for node in nodes])
@@ -142,7 +152,7 @@ def plan_placement(nodes: Sequence[NodeBudget], sizes: ModelSizes, *, kv_bytes_p
     return [
         Placement(node.name, s, e,
                   weight_bytes=sizes.stage_bytes(s, e, first=i == 0, last=i == n - 1),
-                  kv_bytes=(e - s) * kv[i], headroom_bytes=headroom[i], budget_bytes=node.usable_bytes)
+                  kv_bytes=kv_bytes(i, s, e), headroom_bytes=headroom[i], budget_bytes=node.usable_bytes)
         for i, (node, s, e) in enumerate(zip(nodes, bounds, bounds[1:]))
     ]
 
@@ -168,14 +178,16 @@ def _ideal_counts(num_layers: int, shares: list[float], fallback: list[float]) -
 
 
 def _no_fit_message(nodes: Sequence[NodeBudget], sizes: ModelSizes, fixed: list[int], headroom: list[int],
-                    kv_per_node: list[int]) -> str:
+                    kv_per_node: list[list[int]]) -> str:
     n, num_layers = len(nodes), sizes.num_layers
     weights = sizes.stage_bytes(0, num_layers, first=True, last=True)
     if sizes.tied and n > 1:
         weights += sizes.embedding_bytes  # the last stage keeps its own copy to project with
-    kv_per_layer = max(kv_per_node)  # nodes differ only with Core ML ones; the largest bounds the need
-    per_layer = format_bytes(kv_per_layer) if len(set(kv_per_node)) == 1 else f"up to {format_bytes(kv_per_layer)}"
-    kv = num_layers * kv_per_layer
+    # Nodes differ only with Core ML ones; the largest bounds the need.
+    kv = max(sum(layers) for layers in kv_per_node)
+    per_layer_figures = {b for layers in kv_per_node for b in layers}
+    per_layer = (format_bytes(kv // num_layers) if len(per_layer_figures) == 1
+                 else f"{format_bytes(min(per_layer_figures))} to {format_bytes(max(per_layer_figures))}")
     total = weights + kv + sum(headroom)
     available = sum(max(0, node.usable_bytes) for node in nodes)
     described = []

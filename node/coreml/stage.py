@@ -54,8 +54,8 @@ class AneStage:
         states = [self.executor.new_state(i) for i in range(len(self.converted.chunks))]
         return [AneSessionCache(states, self._state_bytes)]
 
-    def embed(self, token_ids: mx.array) -> mx.array:
-        return self.ends.embed(token_ids)
+    def embed(self, token_ids: mx.array, position: int = 0) -> mx.array:
+        return self.ends.embed(token_ids, position)
 
     def head(self, h: mx.array) -> mx.array:
         return self.ends.head(h)
@@ -65,7 +65,7 @@ class AneStage:
             x = self.executor.predict(i, function, x, position, states[i])
         return x
 
-    def run_layers(self, h: mx.array, cache: list[AneSessionCache]) -> mx.array:
+    def run_layers(self, h: mx.array, cache: list[AneSessionCache], position: int | None = None) -> mx.array:
         """Prefill-sized pieces through the prefill function (the last one zero-padded), single
         tokens and the tail near the end of the context through decode."""
         session = cache[0]
