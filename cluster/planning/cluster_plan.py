@@ -69,7 +69,8 @@ def context_length(inventory: Inventory, model: ModelInfo) -> int:
 
 
 def kv_dtype_bytes(model: ModelInfo) -> int:
-    return 2 if model.config.get("torch_dtype") in ("float16", "bfloat16") else 4
+    text = model.text_config
+    return 2 if (text.get("torch_dtype") or text.get("dtype")) in ("float16", "bfloat16") else 4
 
 
 def budgets(nodes: list[NodeSpec], facts: dict[str, NodeFacts]) -> list[tuple[NodeBudget, str]]:
@@ -105,7 +106,7 @@ def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: 
     order = ring_order([(n.name, by_name[n.name].interfaces) for n in inventory.nodes])
     nodes = [specs[name] for name in order]
 
-    check_backends(nodes, by_name, model.config)
+    check_backends(nodes, by_name, model.text_config)
     backends = plan_backends(nodes, context_length(inventory, model))
     context = backends.context_length
     dtype = kv_dtype_bytes(model)
@@ -160,10 +161,10 @@ def _headroom(inventory: Inventory, model: ModelInfo, context: int, backends: Ba
     receives and sends pipeline-sized ones (float32 in, float32 out)."""
     runtime = inventory.runtime_overhead_mb << 20
     if not backends.is_ane(spec):
-        return activation_headroom_bytes(model.config, prefill_chunk=inventory.prefill_chunk, context_length=context,
+        return activation_headroom_bytes(model.text_config, prefill_chunk=inventory.prefill_chunk, context_length=context,
                                          runtime_bytes=runtime)
-    io = 2 * inventory.prefill_chunk * int(model.config["hidden_size"]) * 4
-    return io + activation_headroom_bytes(model.config, prefill_chunk=backends.ane.prefill_chunk,
+    io = 2 * inventory.prefill_chunk * model.hidden_size * 4
+    return io + activation_headroom_bytes(model.text_config, prefill_chunk=backends.ane.prefill_chunk,
                                           context_length=context, runtime_bytes=runtime)
 
 

@@ -66,10 +66,13 @@ def activation_headroom_bytes(config: dict, *, prefill_chunk: int, context_lengt
     """A worker's working memory beyond weights and KV cache: the runtime (python, mlx, grpc;
     measured by the caller) plus the float32 temporaries of one prefill chunk through one layer.
     Per token: ~6 hidden-sized vectors (residual, norm output, q/k/v/o projections) and ~3
-    intermediate-sized ones (gate, up, their product); plus one chunk x context attention score
-    matrix per head. Layers run one after another, so one layer's temporaries bound the peak."""
+    intermediate-sized ones (gate, up, their product; in a MoE layer, those of every expert the token
+    is routed to); plus one chunk x context attention score matrix per head. Layers run one after
+    another, so one layer's temporaries bound the peak."""
     hidden = int(config["hidden_size"])
     intermediate = int(config.get("intermediate_size") or 4 * hidden)
+    routed = int(config.get("num_experts_per_tok") or 0) * int(config.get("moe_intermediate_size") or 0)
+    intermediate = max(intermediate, routed)
     heads = int(config["num_attention_heads"])
     chunk = max(0, min(prefill_chunk, context_length))
     per_token = (hidden * 6 + intermediate * 3) * 4
