@@ -15,8 +15,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Subcommand -> its module (cluster/commands/). Only the module of the command being run is
 # imported: `cluster down` or `cluster status` need neither MLX nor the tokenizers that `up` loads.
 COMMANDS = {name: f"cluster.commands.{name.replace('-', '_')}" for name in (
-    "up", "down", "status", "logs", "plan", "discover", "generate", "chat", "bench", "import-gguf", "worker",
-    "doctor", "credentials")}
+    "up", "down", "status", "logs", "plan", "discover", "generate", "chat", "bench", "import-gguf", "models",
+    "worker", "doctor", "credentials")}
 
 
 def _command_named(argv: list[str]) -> str | None:

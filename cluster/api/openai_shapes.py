@@ -171,3 +171,21 @@ def now() -> int:
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a request gets when it does not say: stop strings and a system prompt (Ollama's)."""
+
+    stop: tuple[str, ...] = ()
+    system: str | None = None
+
+
+def with_defaults(parsed: ParsedRequest, defaults: ModelDefaults) -> ParsedRequest:
+    """The model's own defaults (an Ollama model's stop strings and system prompt) where the request
+    did not say: its stop strings join the request's, its system prompt opens a chat that has none."""
+    if defaults.stop:
+        parsed.params.stop = list(dict.fromkeys([*parsed.params.stop, *defaults.stop]))
+    if defaults.system and parsed.messages is not None and not any(m["role"] == "system" for m in parsed.messages):
+        parsed.messages = [{"role": "system", "content": defaults.system}, *parsed.messages]
+    return parsed

@@ -145,7 +145,8 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
         if note:
             print(f"boltpipe: {note}", flush=True)
         api = OpenAIServer(cluster.engine, cluster.model_name, cluster.admission, cluster.metrics,
-                           ServeLimits(cluster.context_length, inventory.request_timeout_s, cluster.vanished, keys))
+                           ServeLimits(cluster.context_length, inventory.request_timeout_s, cluster.vanished, keys),
+                           cluster.defaults)
         runner = api.runner(api.app())
         await runner.setup()
         try:

@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from cluster import paths
 from cluster.api.admission import Admission
+from cluster.api.openai_shapes import ModelDefaults
 from cluster.api.coordinator_metrics import CoordinatorMetrics
 from cluster.credentials import coordinator_auth, worker_settings
 from cluster.inventory import METRICS_PORT_OFFSET, Inventory
 from cluster.launch.local_supervisor import keep_running
-from cluster.launch.model_source import resolve_model, served_model_name
+from cluster.launch.model_source import model_defaults, resolve_model, served_model_name
 from cluster.launch.ssh_deploy import push_weights
 from cluster.pipeline.engine import Engine
 from cluster.pipeline.pipeline_client import PipelineClient, StageEndpoint
@@ -62,6 +63,7 @@ class RunningCluster:
     vanished: set[str] = field(default_factory=set)         # serving nodes no longer advertised
     supervisor: asyncio.Task | None = None                  # restarts local workers that exit
     on_worker_restart: Callable[[LocalWorker], None] | None = None
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)  # what requests get when they do not say
 
     def worker_restarted(self, worker: LocalWorker) -> None:
         if self.on_worker_restart is not None:
@@ -219,7 +221,7 @@ async def bring_up(
         client.watch.on_change = metrics.stage_changed
         engine.on_replay = metrics.replayed
         cluster = RunningCluster(inventory, model, model_name, plan, workers, client, engine, admission, metrics,
-                                 infos, browser, vanished)
+                                 infos, browser, vanished, defaults=model_defaults(inventory.model))
         cluster.supervisor = asyncio.create_task(keep_running(cluster.local_workers, cluster.worker_restarted))
         return cluster
     except BaseException:

@@ -1,5 +1,6 @@
-"""From the inventory's `model:` to a model directory the workers can load:
-GGUF files are imported once into the model cache."""
+"""From the inventory's `model:` to a model directory the workers can load: GGUF files (a path, the
+bundled demo, or a model Ollama pulled, read in place from its store) are imported once into the
+model cache; an Ollama model's stop strings and system prompt become the API's defaults."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import logging
 from pathlib import Path
 
 from cluster import paths
+from cluster.api.openai_shapes import ModelDefaults
 from cluster.inventory import BUNDLED_MODEL, ModelSpec
 from cluster.launch.demo_model import bundled_gguf_path
-from node.gguf import import_gguf
+from node.gguf import import_gguf, ollama
 from node.model_config import ModelDirError, ModelInfo, read_model_info
 
 log = logging.getLogger(__name__)
@@ -24,14 +26,26 @@ def cached_import_dir(gguf: Path) -> Path:
     return paths.model_cache() / f"{gguf.stem}-{key}"
 
 
+def model_defaults(spec: ModelSpec) -> ModelDefaults:
+    if spec.ollama is None:
+        return ModelDefaults()
+    found = ollama.find(spec.ollama, spec.ollama_dir)
+    return ModelDefaults(found.stop, found.system)
+
+
 def resolve_model(spec: ModelSpec, *, progress: bool = True) -> ModelInfo:
     if spec.path is not None:
         return read_model_info(spec.path)
-    assert spec.gguf is not None
-    gguf = bundled_gguf_path() if spec.gguf == BUNDLED_MODEL else Path(spec.gguf)
-    if not gguf.is_file():
-        raise ModelDirError(f"model.gguf: {gguf} does not exist")
-    target = cached_import_dir(gguf)
+    if spec.ollama is not None:
+        found = ollama.find(spec.ollama, spec.ollama_dir)
+        # The blob's name is its content hash: a second `up` finds the import without reading the file.
+        gguf, target = found.gguf, paths.model_cache() / f"ollama-{found.digest[:16]}"
+    else:
+        assert spec.gguf is not None
+        gguf = bundled_gguf_path() if spec.gguf == BUNDLED_MODEL else Path(spec.gguf)
+        if not gguf.is_file():
+            raise ModelDirError(f"model.gguf: {gguf} does not exist")
+        target = cached_import_dir(gguf)
     if not (target / IMPORT_MARKER).is_file():
         log.info("importing %s into %s (once)", gguf.name, target)
         import_gguf(gguf, target, progress=progress)
@@ -43,5 +57,7 @@ def served_model_name(spec: ModelSpec, info: ModelInfo) -> str:
         return spec.name
     if spec.gguf == BUNDLED_MODEL:
         return "smollm2-135m-instruct"
+    if spec.ollama:
+        return spec.ollama
     source = Path(spec.gguf) if spec.gguf else info.path
     return source.stem if spec.gguf else source.name

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import build_config, check_architecture, head_counts
+from .config import check_layers, quantization_block, tensor_facts
 from .convert import SHARD_BYTES, write_shards
 from .errors import GGUFImportError
 from .marker import (
@@ -22,6 +22,7 @@ from .marker import (
 )
 from .reader import read_gguf
 from .tokenizer import build_tokenizer, write_tokenizer
+from .families import build_config, family_of
 from .weights import plan_tensors
 
 
@@ -37,16 +38,21 @@ class ImportSummary:
     skipped: bool = False  # OUTDIR already held this import
 
 
-def import_gguf(src: Path, dst: Path, *, progress: bool = True, shard_bytes: int = SHARD_BYTES) -> ImportSummary:
-    """Convert `src` into `dst`; raises GGUFImportError for anything a person must fix."""
+def import_gguf(src: Path, dst: Path, *, progress: bool = True, shard_bytes: int = SHARD_BYTES,
+                exact_scales: bool = False) -> ImportSummary:
+    """Convert `src` into `dst`; raises GGUFImportError for anything a person must fix.
+    `exact_scales`: keep Q4_K / Q5_K scales in float32 (exact; a third more scale memory)."""
     t0 = time.monotonic()
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     # Everything that can reject the file runs before any byte is written.
     gguf = read_gguf(src)
-    arch = check_architecture(gguf.metadata, src.name)
-    heads, kv_heads = head_counts(gguf.metadata, arch)
-    planned = plan_tensors(gguf.tensors, heads, kv_heads)
-    config = build_config(gguf.metadata, arch, planned)
+    arch, family = family_of(gguf.metadata, src.name)
+    config = build_config(gguf.metadata, arch, family, **tensor_facts(gguf.tensors, gguf.metadata, arch))
+    planned = plan_tensors(gguf.tensors, arch, config, unpermute_qk=family.unpermute_qk, exact_scales=exact_scales)
+    check_layers(planned, config["num_hidden_layers"], arch)
+    if (quant := quantization_block(planned)) is not None:
+        config["quantization"] = quant
+        config["quantization_config"] = quant  # mlx-lm writes both; some tools read the second
     build_tokenizer(gguf.metadata)  # fails early on an unsupported tokenizer
 
     state = existing_output_state(dst)
@@ -55,7 +61,7 @@ def import_gguf(src: Path, dst: Path, *, progress: bool = True, shard_bytes: int
         marker = read_marker(dst) or {}
         if not same_source(marker, source):
             raise refuse_other_import(dst, marker, src)
-        if marker.get("importer_version") == IMPORTER_VERSION:
+        if marker.get("importer_version") == IMPORTER_VERSION and marker.get("exact_scales", False) == exact_scales:
             return ImportSummary(src, dst, arch, config["num_hidden_layers"], len(planned), 0,
                                  time.monotonic() - t0, skipped=True)
 
@@ -72,7 +78,7 @@ def import_gguf(src: Path, dst: Path, *, progress: bool = True, shard_bytes: int
         write_tokenizer(gguf.metadata, tmp, config.get("max_position_embeddings"))
         write_marker(tmp, source, {
             "architecture": arch, "num_layers": config["num_hidden_layers"], "tensors": len(planned),
-            "bytes_written": written,
+            "bytes_written": written, "exact_scales": exact_scales,
         })
         _replace_dir(tmp, dst)
     except BaseException:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .errors import GGUFImportError
 
-IMPORTER_VERSION = "1"
+IMPORTER_VERSION = "2"  # 2: K-quants, more types and architectures
 MARKER_NAME = "boltpipe_import.json"
 
 

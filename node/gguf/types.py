@@ -17,21 +17,35 @@ _LAYOUTS = {
     0: (1, 4), 1: (1, 2), 30: (1, 2), 28: (1, 8), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8),
     2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
     10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
-    20: (32, 18), 23: (256, 136), 39: (32, 17),
+    20: (32, 18), 23: (256, 136), 35: (256, 66), 39: (32, 17),
 }
 
 
 class GGMLType:
-    F32, F16, Q4_0, Q4_1, Q8_0, BF16 = 0, 1, 2, 3, 8, 30
+    F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, BF16 = 0, 1, 2, 3, 6, 7, 8, 30
+    Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4 = 10, 11, 12, 13, 14, 20, 23, 39
 
-    # What the importer converts: floats are copied, the three classic block formats are
-    # repacked losslessly into MLX affine (weight, scales, biases) triplets with group size 32.
-    SUPPORTED = (F32, F16, BF16, Q4_0, Q4_1, Q8_0)
-    QUANTIZED_BITS = {Q4_0: 4, Q4_1: 4, Q8_0: 8}
+    FLOATS = (F32, F16, BF16)   # copied as they are (BF16 stays bfloat16, never squeezed into float16)
+    # Repacked without re-quantizing: affine over groups of 32 (node/gguf/blocks.py). Value: MLX bits.
+    EXACT_BITS = {Q4_0: 4, Q4_1: 4, Q5_0: 5, Q5_1: 5, Q8_0: 8, Q4_K: 4, Q5_K: 5}
+    # No affine group-32 form: dequantized by `gguf` (bit-exact with ggml) and quantized again by MLX.
+    # Measured on llama-quantize's own output (tests/data/gguf), RMS error added relative to the
+    # tensor's RMS, next to the format's own error from the float original:
+    #   Q6_K   -> 8 bits: +0.5%  (Q6_K itself: 1.8%)     IQ4_NL, IQ4_XS -> 8 bits: +0.5%  (itself: 7.7%)
+    #   Q3_K   -> 4 bits: +7.5%  (Q3_K itself: 15%)      Q2_K           -> 4 bits: +7.6%  (itself: 30%)
+    # 8 bits where the format is fine (a 4-bit copy would double its error); 4 bits for Q2_K / Q3_K,
+    # which people pick to save memory, at a fraction of their own error.
+    REQUANTIZED_BITS = {Q6_K: 8, IQ4_NL: 8, IQ4_XS: 8, Q3_K: 4, Q2_K: 4}
+    SUPPORTED = FLOATS + tuple(EXACT_BITS) + tuple(REQUANTIZED_BITS)
 
     @staticmethod
     def layout(type_id: int) -> tuple[int, int] | None:
         return _LAYOUTS.get(type_id)
+
+    @staticmethod
+    def mlx_bits(type_id: int) -> int | None:
+        """Bits of the MLX affine form a quantized type becomes; None for the float types."""
+        return GGMLType.EXACT_BITS.get(type_id) or GGMLType.REQUANTIZED_BITS.get(type_id)
 
 
 def ggml_type_name(type_id: int) -> str:

@@ -1,14 +1,23 @@
-"""Map GGUF Llama tensors to Hugging Face names and plan the output tensors (before any data moves).
+"""Which parameter of the mlx-lm model each GGUF tensor becomes, in what form (before any data moves).
 
-llama.cpp's converter reorders the rows of attn_q / attn_k inside each head from HF's "rotate half"
-layout to the interleaved pairs its RoPE kernel uses. `unpermute_rows` gives the row order that undoes
-it, so the output is a plain HF Llama (rope_traditional false) that any HF-layout loader understands.
+The target is mlx-lm's own model class for the config (node/gguf/families.py), built lazily: its
+parameter names and shapes are the contract. For each parameter the `gguf` package's tensor-name
+tables (the ones llama.cpp's converter writes with) give the GGUF name, so any architecture they know
+maps without a table of our own; mlx-lm's stacked experts (`switch_mlp`) are looked up under the
+name Hugging Face stacks them with (`experts`). Every GGUF tensor must land on a parameter of the
+right shape and every parameter must be found, or the import stops naming what does not fit.
+
+llama.cpp's converter reorders the rows of attn_q / attn_k inside each head of a Llama from Hugging
+Face's "rotate half" layout to the interleaved pairs its RoPE kernel uses; `unpermute_rows` gives the
+row order that undoes it, so the output is a plain Hugging Face layout any loader understands.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -18,24 +27,7 @@ from .reader import TensorInfo
 from .safetensors_writer import TensorSpec
 from .types import GGMLType, ggml_type_name, supported_type_names
 
-_GLOBAL_NAMES = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-}
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
-_GLOBAL_RE = re.compile(r"^([a-z_]+)\.(weight|bias)$")
+EXACT_SCALE_TYPES = (GGMLType.Q4_K, GGMLType.Q5_K)  # whose scales float16 would round
 
 
 @dataclass(frozen=True)
@@ -43,19 +35,23 @@ class PlannedTensor:
     """One GGUF tensor and the output tensors it becomes."""
 
     source: TensorInfo
-    module: str  # HF module path, e.g. model.layers.3.self_attn.q_proj
-    kind: str  # "weight" or "bias" (GGUF's suffix)
+    module: str  # the parameter's module path, e.g. model.layers.3.self_attn.q_proj
+    kind: str  # "weight" or "bias"
     layer: int | None
-    heads: int | None  # set for attn_q / attn_k: rows are un-permuted per head
+    heads: int | None  # set for a Llama's attn_q / attn_k: rows are un-permuted per head
     outputs: tuple[TensorSpec, ...]
+    bits: int | None = None  # the MLX affine form's bits; None for a float tensor
 
     @property
     def quantized(self) -> bool:
-        return self.source.ggml_type in GGMLType.QUANTIZED_BITS
+        return self.bits is not None
 
     @property
-    def bits(self) -> int | None:
-        return GGMLType.QUANTIZED_BITS.get(self.source.ggml_type)
+    def rows(self) -> int:
+        """Rows the data is handled in: all but the last dimension (a q/k bias: one per element)."""
+        if len(self.source.shape) == 1:
+            return self.source.shape[0] if self.heads else 1
+        return math.prod(self.source.shape[1:])
 
     @property
     def out_bytes(self) -> int:
@@ -65,32 +61,11 @@ class PlannedTensor:
     def sort_key(self) -> tuple[int, int]:
         # embeddings, then layers in order, then the final norm and head: shards then follow layers,
         # so a worker that serves a slice of layers touches few files.
-        if self.module == "model.embed_tokens":
+        if self.module.endswith("embed_tokens"):
             return (0, 0)
         if self.layer is not None:
             return (1, self.layer)
-        return (2, 0 if self.module == "model.norm" else 1)
-
-
-def _hf_module(name: str) -> tuple[str, str, int | None, str]:
-    """GGUF tensor name -> (HF module, weight|bias, layer, GGUF role)."""
-    if m := _LAYER_RE.match(name):
-        layer, role, kind = int(m.group(1)), m.group(2), m.group(3)
-        if role in _LAYER_NAMES:
-            return f"model.layers.{layer}.{_LAYER_NAMES[role]}", kind, layer, role
-    elif (m := _GLOBAL_RE.match(name)) and m.group(1) in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[m.group(1)], m.group(2), None, m.group(1)
-    if name == "rope_freqs.weight":
-        raise GGUFImportError(
-            "the GGUF carries rope_freqs.weight (Llama 3.1-style RoPE scaling), which this importer does "
-            "not translate yet; the model would run with the wrong positions. Import the original Hugging "
-            "Face checkpoint instead."
-        )
-    raise GGUFImportError(
-        f"tensor {name!r} is not part of a standard Llama model (expected token_embd, output_norm, "
-        "output, and blk.N.{attn_norm,attn_q,attn_k,attn_v,attn_output,ffn_norm,ffn_gate,ffn_up,ffn_down}); "
-        "this GGUF is a variant the importer does not know."
-    )
+        return (2, 0 if self.module.endswith("norm") else 1)
 
 
 def unpermute_rows(rows: int, heads: int) -> np.ndarray:
@@ -104,33 +79,105 @@ def unpermute_rows(rows: int, heads: int) -> np.ndarray:
     return np.arange(rows).reshape(heads, half, 2).transpose(0, 2, 1).reshape(-1)
 
 
+@lru_cache(maxsize=8)
+def _target_parameters(config_json: str) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of mlx-lm's model for this config (built lazily: nothing is allocated)."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    config = json.loads(config_json)
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    return {name: tuple(value.shape) for name, value in tree_flatten(model.parameters())}
+
+
+def target_parameters(config: dict) -> dict[str, tuple[int, ...]]:
+    return _target_parameters(json.dumps(config, sort_keys=True))
+
+
+def gguf_names(arch: str, params: dict[str, tuple[int, ...]], num_layers: int) -> dict[str, str]:
+    """GGUF tensor name -> the parameter it is, from the `gguf` package's name tables."""
+    import gguf
+
+    arch_enum = next((a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch), None)
+    if arch_enum is None:
+        raise GGUFImportError(f"the gguf package knows no architecture {arch!r}")
+    table = gguf.get_tensor_name_map(arch_enum, num_layers)
+    out = {}
+    for param in params:
+        module, _, suffix = param.rpartition(".")
+        found = table.get_name(module.replace(".switch_mlp.", ".experts."))
+        if found is not None:
+            out[f"{found}.{suffix}"] = param
+    return out
+
+
+def _layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    for a, b in zip(parts, parts[1:]):
+        if a == "layers" and b.isdigit():
+            return int(b)
+    return None
+
+
 def _check_type(info: TensorInfo) -> None:
     if info.ggml_type not in GGMLType.SUPPORTED:
         raise GGUFImportError(
             f"tensor {info.name!r} is stored as {ggml_type_name(info.ggml_type)}, which this importer "
-            f"cannot convert; supported tensor types: {supported_type_names()}. Use a GGUF quantized "
-            "as Q4_0, Q4_1 or Q8_0 (or F16), or re-quantize it with llama-quantize, e.g. "
-            "`llama-quantize --allow-requantize IN.gguf OUT.gguf Q4_0`."
+            f"cannot convert; supported tensor types: {supported_type_names()}. Re-quantize the file with "
+            "llama-quantize to one of those (e.g. `llama-quantize --allow-requantize IN.gguf OUT.gguf Q4_K_M`), "
+            "or import the original Hugging Face checkpoint."
         )
 
 
-def plan_tensor(info: TensorInfo, n_heads: int, n_kv_heads: int) -> PlannedTensor:
-    module, kind, layer, role = _hf_module(info.name)
+def plan_tensor(info: TensorInfo, param: str, expected: tuple[int, ...], *, heads: int | None,
+                exact_scales: bool) -> PlannedTensor:
     _check_type(info)
-    heads = n_heads if role == "attn_q" else n_kv_heads if role == "attn_k" else None
+    module, _, kind = param.rpartition(".")
     shape = tuple(reversed(info.shape))  # GGUF lists the fastest dimension first
-    if info.ggml_type in GGMLType.QUANTIZED_BITS:
-        if len(shape) != 2 or shape[1] % GROUP_SIZE:
+    if shape != expected:
+        raise GGUFImportError(f"tensor {info.name!r} has shape {shape}, but {param} of the model built from the "
+                              f"file's own metadata has {expected}; the file is inconsistent.")
+    bits = GGMLType.mlx_bits(info.ggml_type)
+    if bits is not None:
+        if len(shape) < 2 or shape[-1] % GROUP_SIZE:
             raise GGUFImportError(f"quantized tensor {info.name!r} has unexpected shape {shape}.")
+        scale_dtype = "F32" if exact_scales and info.ggml_type in EXACT_SCALE_TYPES else "F16"
+        rows = math.prod(shape[:-1])
         outs = tuple(
-            TensorSpec(f"{module}.{suffix}", dtype, shp)
-            for suffix, (shp, dtype) in quantized_shapes(info.ggml_type, *shape).items()
+            TensorSpec(f"{module}.{suffix}", dtype, shape[:-1] + shp[1:])
+            for suffix, (shp, dtype) in quantized_shapes(bits, rows, shape[-1], scale_dtype).items()
         )
     else:
-        outs = (TensorSpec(f"{module}.{kind}", FLOAT_DTYPES[info.ggml_type][0], shape),)
-    return PlannedTensor(info, module, kind, layer, heads, outs)
+        outs = (TensorSpec(param, FLOAT_DTYPES[info.ggml_type][0], shape),)
+    return PlannedTensor(info, module, kind, _layer_of(module), heads, outs, bits)
 
 
-def plan_tensors(tensors: dict[str, TensorInfo], n_heads: int, n_kv_heads: int) -> list[PlannedTensor]:
-    planned = [plan_tensor(t, n_heads, n_kv_heads) for t in tensors.values()]
+def plan_tensors(tensors: dict[str, TensorInfo], arch: str, config: dict, *, unpermute_qk: bool,
+                 exact_scales: bool = False) -> list[PlannedTensor]:
+    params = target_parameters(config)
+    by_gguf = gguf_names(arch, params, int(config["num_hidden_layers"]))
+    heads, kv_heads = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
+    planned, problems = [], []
+    for info in tensors.values():
+        param = by_gguf.get(info.name)
+        if param is None:
+            if info.name == "rope_freqs.weight":
+                raise GGUFImportError(
+                    "the GGUF carries rope_freqs.weight (Llama 3.1-style RoPE scaling), which this importer "
+                    "does not translate yet; the model would run with the wrong positions. Import the "
+                    "original Hugging Face checkpoint instead.")
+            problems.append(info.name)
+            continue
+        role = info.name.split(".")[-2]
+        qk_heads = {"attn_q": heads, "attn_k": kv_heads}.get(role) if unpermute_qk else None
+        planned.append(plan_tensor(info, param, params[param], heads=qk_heads, exact_scales=exact_scales))
+    if problems:
+        raise GGUFImportError(
+            f"tensor(s) {', '.join(repr(p) for p in problems[:5])} are not part of a {config['model_type']} "
+            "model built from the file's metadata; this GGUF is a variant the importer does not know.")
+    found = {p.module + "." + p.kind for p in planned}
+    if missing := [p for p in params if p not in found]:
+        raise GGUFImportError(f"the GGUF lacks {len(missing)} tensor(s) the model needs, e.g. "
+                              f"{', '.join(missing[:4])}; the file is incomplete or of another variant.")
     return sorted(planned, key=lambda p: p.sort_key)

@@ -1,0 +1,128 @@
+"""Tiny random models of several families written as GGUF the way llama.cpp's converter lays them
+out (its tensor names from the `gguf` package's tables, a Llama's q/k rows permuted for its RoPE,
+stacked experts), next to the mlx-lm directory of the same weights: importing the GGUF must give a
+model whose tokens equal that directory's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import gguf.vocab
+import numpy as np
+from mlx.utils import tree_flatten
+
+from tests.tiny_models import build_model, family_config, write_tiny_model
+
+MERGES = ["Ġ t", "h e"]
+VOCAB = 256 + len(MERGES)   # GPT-2's 256 byte tokens and two merges
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe"}
+
+
+def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's q/k row order: within a head, rotate-half pairs interleaved."""
+    rows = w.shape[0]
+    return w.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+
+def family_gguf(path: Path, model_type: str, *, float_type=gguf.GGMLQuantizationType.F32,
+                model_dir: Path | None = None, **overrides) -> Path:
+    """Write `model_type`'s tiny model as GGUF at `path` (and, with `model_dir`, as an mlx-lm
+    directory there: the same weights)."""
+    overrides = {"vocab_size": VOCAB, "mlp_only_layers": [], **overrides}
+    if model_type != "qwen3_moe":
+        overrides.pop("mlp_only_layers")
+    config = family_config(model_type, **overrides)
+    if model_dir is not None:
+        write_tiny_model(model_dir, model_type, **overrides)
+    model = build_model(config)
+    arch = GGUF_ARCH[model_type]
+    names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch),
+                                     config["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(config["max_position_embeddings"])
+    w.add_embedding_length(config["hidden_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(config["num_attention_heads"])
+    w.add_head_count_kv(config["num_key_value_heads"])
+    w.add_key_length(config["head_dim"])
+    w.add_value_length(config["head_dim"])
+    w.add_rope_dimension_count(config["head_dim"])
+    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    w.add_rope_freq_base(config["rope_theta"])
+    if model_type == "qwen3_moe":
+        w.add_expert_count(config["num_experts"])
+        w.add_expert_used_count(config["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(config["moe_intermediate_size"])
+    byte_to_unicode = gguf.vocab.bytes_to_unicode()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list([byte_to_unicode[b] for b in range(256)] + [m.replace(" ", "") for m in MERGES])
+    w.add_token_types([gguf.TokenType.NORMAL] * VOCAB)
+    w.add_token_merges(MERGES)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    for name, value in tree_flatten(model.parameters()):
+        module, _, suffix = name.rpartition(".")
+        target = names.get_name(module.replace(".switch_mlp.", ".experts."))
+        data = np.array(value).astype(np.float32)
+        if arch == "llama" and module.endswith(("q_proj", "k_proj")):
+            data = _permute(data, config["num_attention_heads" if module.endswith("q_proj") else "num_key_value_heads"])
+        if float_type == gguf.GGMLQuantizationType.F32 or data.ndim == 1:
+            w.add_tensor(f"{target}.{suffix}", data)
+        else:
+            w.add_tensor(f"{target}.{suffix}", gguf.quants.quantize(data, float_type), raw_dtype=float_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def llama_gguf(path: Path, **kwargs) -> Path:
+    return family_gguf(path, "llama", **kwargs)
+
+
+def copy_metadata(reader: gguf.GGUFReader, writer: gguf.GGUFWriter) -> None:
+    """Every key of `reader`'s file but the ones the writer owns (header fields, architecture)."""
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), field.types[0], sub)
+
+
+def k_quant_demo(source: Path, path: Path) -> Path:
+    """The bundled SmolLM2 as llama-quantize's Q4_K_M would leave it: rows that are whole 256-value
+    super-blocks (ffn_down, 1536 wide) in Q4_K and, every other layer, Q6_K; the 576-wide rest in the
+    fallbacks Q5_0 (and Q8_0 for attn_v and the embedding), norms in F32.
+
+    The values come from the bundled Q4_1 file, so each tensor is quantized a second time. This
+    135M model's answer to "What is the capital of France?" (with its default system prompt) does not
+    survive that: it turns French even when ffn_down alone goes Q4_1 -> Q8_0, the finest of these
+    types; questions about Germany and Italy keep their answers."""
+    from tests.kquant_writer import quantize_q4_k, quantize_q6_k
+
+    reader = gguf.GGUFReader(str(source))
+    writer = gguf.GGUFWriter(str(path), "llama")
+    copy_metadata(reader, writer)
+    q = gguf.GGMLQuantizationType
+    for t in reader.tensors:
+        if t.tensor_type == q.F32:
+            writer.add_tensor(t.name, np.array(t.data))
+            continue
+        values = gguf.quants.dequantize(np.array(t.data), t.tensor_type)
+        if t.name.endswith("ffn_down.weight"):
+            layer = int(t.name.split(".")[1])
+            kind, data = (q.Q6_K, quantize_q6_k(values)) if layer % 2 else (q.Q4_K, quantize_q4_k(values))
+        elif t.name.endswith(("attn_v.weight", "token_embd.weight")):
+            kind, data = q.Q8_0, gguf.quants.quantize(values, q.Q8_0)
+        else:
+            kind, data = q.Q5_0, gguf.quants.quantize(values, q.Q5_0)
+        writer.add_tensor(t.name, data, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
