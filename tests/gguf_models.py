@@ -16,7 +16,10 @@ from tests.tiny_models import build_model, family_config, write_tiny_model
 
 MERGES = ["Ġ t", "h e"]
 VOCAB = 256 + len(MERGES)   # GPT-2's 256 byte tokens and two merges
-GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe"}
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe", "gemma2": "gemma2",
+             "gemma3_text": "gemma3", "phi3": "phi3"}
+# What llama.cpp fixes in a Gemma 3 (its sliding-window pattern) the tiny config must have too.
+GGUF_OVERRIDES = {"gemma3_text": dict(sliding_window_pattern=6)}
 
 
 def _permute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -26,10 +29,15 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def family_gguf(path: Path, model_type: str, *, float_type=gguf.GGMLQuantizationType.F32,
-                model_dir: Path | None = None, **overrides) -> Path:
+                model_dir: Path | None = None, spm_prefix: bool | None = None, extra_tensors: dict | None = None,
+                **overrides) -> Path:
     """Write `model_type`'s tiny model as GGUF at `path` (and, with `model_dir`, as an mlx-lm
-    directory there: the same weights)."""
-    overrides = {"vocab_size": VOCAB, "mlp_only_layers": [], **overrides}
+    directory there: the same weights). `spm_prefix` not None: a SentencePiece vocabulary
+    (tests/spm_vocab.py, with or without its space prefix) instead of the byte-level one;
+    `extra_tensors`: more GGUF tensors (name -> float32 array), e.g. a vision tower's."""
+    from tests.spm_vocab import VOCAB_SIZE, spm_metadata, trained
+
+    overrides = {"vocab_size": VOCAB if spm_prefix is None else VOCAB_SIZE, "mlp_only_layers": [], **GGUF_OVERRIDES.get(model_type, {}), **overrides}
     if model_type != "qwen3_moe":
         overrides.pop("mlp_only_layers")
     config = family_config(model_type, **overrides)
@@ -51,24 +59,42 @@ def family_gguf(path: Path, model_type: str, *, float_type=gguf.GGMLQuantization
     w.add_rope_dimension_count(config["head_dim"])
     w.add_layer_norm_rms_eps(config["rms_norm_eps"])
     w.add_rope_freq_base(config["rope_theta"])
+    if model_type == "gemma2":
+        w.add_attn_logit_softcapping(config["attn_logit_softcapping"])
+        w.add_final_logit_softcapping(config["final_logit_softcapping"])
+    if model_type == "gemma3_text":
+        w.add_sliding_window(config["sliding_window"])
     if model_type == "qwen3_moe":
         w.add_expert_count(config["num_experts"])
         w.add_expert_used_count(config["num_experts_per_tok"])
         w.add_expert_feed_forward_length(config["moe_intermediate_size"])
-    byte_to_unicode = gguf.vocab.bytes_to_unicode()
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
-    w.add_token_list([byte_to_unicode[b] for b in range(256)] + [m.replace(" ", "") for m in MERGES])
-    w.add_token_types([gguf.TokenType.NORMAL] * VOCAB)
-    w.add_token_merges(MERGES)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    if spm_prefix is None:
+        byte_to_unicode = gguf.vocab.bytes_to_unicode()
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt2")
+        w.add_token_list([byte_to_unicode[b] for b in range(256)] + [m.replace(" ", "") for m in MERGES])
+        w.add_token_types([gguf.TokenType.NORMAL] * VOCAB)
+        w.add_token_merges(MERGES)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+    else:
+        for key, value in spm_metadata(trained(spm_prefix), space_prefix=spm_prefix).items():
+            kind = {str: gguf.GGUFValueType.STRING, bool: gguf.GGUFValueType.BOOL, int: gguf.GGUFValueType.UINT32,
+                    list: gguf.GGUFValueType.ARRAY}[type(value)]
+            sub = None if kind != gguf.GGUFValueType.ARRAY else {
+                str: gguf.GGUFValueType.STRING, float: gguf.GGUFValueType.FLOAT32,
+                int: gguf.GGUFValueType.INT32}[type(value[0])]
+            w.add_key_value(key, value, kind, sub)
+    for name, data in (extra_tensors or {}).items():
+        w.add_tensor(name, np.asarray(data, dtype=np.float32))
     for name, value in tree_flatten(model.parameters()):
         module, _, suffix = name.rpartition(".")
         target = names.get_name(module.replace(".switch_mlp.", ".experts."))
         data = np.array(value).astype(np.float32)
         if arch == "llama" and module.endswith(("q_proj", "k_proj")):
             data = _permute(data, config["num_attention_heads" if module.endswith("q_proj") else "num_key_value_heads"])
+        if arch.startswith("gemma") and target.endswith("norm"):
+            data = data + 1  # llama.cpp stores Gemma's norms as 1 + w
         if float_type == gguf.GGMLQuantizationType.F32 or data.ndim == 1:
             w.add_tensor(f"{target}.{suffix}", data)
         else:

@@ -325,8 +325,8 @@ def test_truncated_in_metadata(tmp_path: Path) -> None:
 
 
 def test_unsupported_tokenizer_is_refused_before_writing(tmp_path: Path) -> None:
-    src = write_tiny_llama(tmp_path / "s.gguf", meta_overrides={"tokenizer.ggml.model": "llama"})
-    _rejects(src, tmp_path, "SentencePiece", "byte-level BPE")
+    src = write_tiny_llama(tmp_path / "s.gguf", meta_overrides={"tokenizer.ggml.model": "rwkv"})
+    _rejects(src, tmp_path, "'rwkv'", "byte-level BPE", "SentencePiece")
 
 
 def test_unexpected_tensor_is_refused(tmp_path: Path) -> None:

@@ -147,6 +147,13 @@ def test_unsupported_pre_tokenizer_names_the_supported_ones() -> None:
         assert name in message and name in SUPPORTED_PRE_TOKENIZERS
 
 
-def test_sentencepiece_vocabulary_is_refused() -> None:
-    with pytest.raises(GGUFImportError, match=r"SentencePiece \('llama'\).*byte-level BPE"):
-        build_tokenizer(tiny_llama_metadata(tokenizer_model="llama"))
+def test_an_unknown_tokenizer_model_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(GGUFImportError, match=r"tokenizer model .* is 'rwkv'.*byte-level BPE.*SentencePiece"):
+        build_tokenizer(tiny_llama_metadata(tokenizer_model="rwkv"))
+
+
+def test_pre_tokenizers_from_transformers_tables_split_like_theirs() -> None:
+    """Qwen2's split (llama.cpp "qwen2"): every digit alone, letters in runs."""
+    assert "qwen2" in SUPPORTED_PRE_TOKENIZERS and "tekken" in SUPPORTED_PRE_TOKENIZERS
+    assert _pieces(tiny_llama_metadata(pre="qwen2"), "x 12345 hi\n\nyo") == [
+        "x", "Ġ", "1", "2", "3", "4", "5", "Ġhi", "ĊĊ", "yo"]

@@ -9,7 +9,7 @@ from typing import Any
 from .blocks import GROUP_SIZE
 from .errors import GGUFImportError
 from .reader import TensorInfo
-from .weights import PlannedTensor
+from .weights import SKIPPED_PREFIXES, PlannedTensor
 
 
 def tensor_facts(tensors: dict[str, TensorInfo], meta: dict[str, Any], arch: str) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def tensor_facts(tensors: dict[str, TensorInfo], meta: dict[str, Any], arch: str
     q = tensors.get("blk.0.attn_q.weight")
     head_dim = int(meta.get(f"{arch}.attention.key_length") or (q.shape[-1] // int(heads) if q else
                                                                  embedding.shape[0] // int(heads)))
-    names = list(tensors)
+    names = [n for n in tensors if not n.startswith(SKIPPED_PREFIXES)]  # a vision tower's biases are not the text's
     return {
         "vocab": embedding.shape[1],
         "head_dim": head_dim,

@@ -38,13 +38,23 @@ def shard_names(count: int) -> list[str]:
     return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
 
 
+def _shifted(values: np.ndarray, kind: int, shift: float) -> np.ndarray:
+    """values + shift, in the tensor's own dtype (bfloat16 is held as uint16 bits)."""
+    if kind != GGMLType.BF16:
+        return (values.astype(np.float32) + shift).astype(values.dtype)
+    as_f32 = (values.astype(np.uint32) << 16).view(np.float32) + np.float32(shift)
+    bits = as_f32.view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+
+
 def _convert_rows(p: PlannedTensor, chunk: np.ndarray) -> tuple[np.ndarray, ...]:
     """Source rows -> the output arrays' rows: a float tensor as it is; a block-quantized one as MLX's
     (weight, scales, biases), repacked where the format is affine over 32, else dequantized by the
     `gguf` package and quantized again by MLX."""
     kind = p.source.ggml_type
     if not p.quantized:
-        return (chunk.view(FLOAT_DTYPES[kind][1]),)
+        values = chunk.view(FLOAT_DTYPES[kind][1])
+        return (_shifted(values, kind, p.shift) if p.shift else values,)
     if kind in EXACT:
         bits, repack = EXACT[kind]
         scale_dtype = np.float32 if p.outputs[1].dtype == "F32" else np.float16

@@ -7,6 +7,12 @@ to the tensors that must be undone (node/gguf/weights.py applies it):
 
   llama (Llama, Mistral, SmolLM)  q/k rows permuted for llama.cpp's interleaved RoPE: un-permuted
   qwen2, qwen3, qwen3moe          nothing (rotate-half RoPE, as Hugging Face)
+  gemma2, gemma3                  every norm weight stored as 1 + w (Gemma's RMSNorm scales by 1 + w,
+                                  and mlx-lm's does too): 1 is taken off again. The attention scale,
+                                  which the file does not carry, is the one llama.cpp uses (1/sqrt of
+                                  the head size; of hidden / heads for the 27B models); Gemma 3's
+                                  sliding-window pattern is llama.cpp's fixed 6
+  phi3 (Phi-3, Phi-4)             nothing: q/k/v and gate/up stay fused as mlx-lm's phi3 holds them
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ class Family:
     hf_architecture: str
     extra: Callable[[dict[str, Any], str], dict[str, Any]]
     unpermute_qk: bool = False      # llama.cpp reordered q/k rows for its interleaved RoPE
+    norm_shift: float = 0.0         # added back to every norm weight (Gemma's are stored as 1 + w)
+    partial_rope: bool = False      # rotating fewer dimensions than the head has is expressible
 
 
 def _need(meta: dict[str, Any], key: str) -> Any:
@@ -51,11 +59,45 @@ def _qwen3_moe(meta: dict[str, Any], arch: str) -> dict[str, Any]:
     }
 
 
+def _attention_scalar(meta: dict[str, Any], arch: str, big_model_layers: int) -> int:
+    """Gemma's query_pre_attn_scalar, as llama.cpp derives it (the GGUF does not carry it)."""
+    head_dim = int(meta.get(f"{arch}.attention.key_length") or 0) or (
+        int(_need(meta, f"{arch}.embedding_length")) // int(_need(meta, f"{arch}.attention.head_count")))
+    if int(_need(meta, f"{arch}.block_count")) == big_model_layers:  # the 27B: hidden / heads
+        return int(meta[f"{arch}.embedding_length"]) // int(meta[f"{arch}.attention.head_count"])
+    return head_dim
+
+
+def _gemma2(meta: dict[str, Any], arch: str) -> dict[str, Any]:
+    return {
+        "query_pre_attn_scalar": _attention_scalar(meta, arch, big_model_layers=46),
+        "attn_logit_softcapping": float(meta.get(f"{arch}.attn_logit_softcapping", 50.0)),
+        "final_logit_softcapping": float(meta.get(f"{arch}.final_logit_softcapping", 30.0)),
+    }
+
+
+def _gemma3(meta: dict[str, Any], arch: str) -> dict[str, Any]:
+    return {
+        "query_pre_attn_scalar": _attention_scalar(meta, arch, big_model_layers=62),
+        "sliding_window": int(meta.get(f"{arch}.attention.sliding_window", 512)),
+        "sliding_window_pattern": 6,       # llama.cpp: every sixth layer global
+        "rope_local_base_freq": 10000.0,   # llama.cpp: the sliding layers' RoPE base
+    }
+
+
+def _phi3(meta: dict[str, Any], arch: str) -> dict[str, Any]:
+    return {"original_max_position_embeddings": int(meta.get(f"{arch}.rope.scaling.original_context_length",
+                                                             meta.get(f"{arch}.context_length", 4096)))}
+
+
 FAMILIES = {
     "llama": Family("llama", "LlamaForCausalLM", _llama, unpermute_qk=True),
     "qwen2": Family("qwen2", "Qwen2ForCausalLM", _none),
     "qwen3": Family("qwen3", "Qwen3ForCausalLM", _none),
     "qwen3moe": Family("qwen3_moe", "Qwen3MoeForCausalLM", _qwen3_moe),
+    "gemma2": Family("gemma2", "Gemma2ForCausalLM", _gemma2, norm_shift=-1.0),
+    "gemma3": Family("gemma3_text", "Gemma3ForCausalLM", _gemma3, norm_shift=-1.0),
+    "phi3": Family("phi3", "Phi3ForCausalLM", _phi3, partial_rope=True),
 }
 
 
@@ -87,7 +129,7 @@ def build_config(meta: dict[str, Any], arch: str, family: Family, *, vocab: int,
     """config.json of the mlx-lm model (without its quantization block, which follows the tensors)."""
     heads = int(_need(meta, f"{arch}.attention.head_count"))
     rope_dims = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
-    if rope_dims != head_dim:
+    if rope_dims != head_dim and not family.partial_rope:
         raise GGUFImportError(
             f"the GGUF rotates {rope_dims} of {head_dim} dimensions per head (partial RoPE), which the "
             f"{family.model_type} config cannot express.")
@@ -113,6 +155,8 @@ def build_config(meta: dict[str, Any], arch: str, family: Family, *, vocab: int,
         "mlp_bias": biases.get("mlp", False),
         **family.extra(meta, arch),
     }
+    if family.partial_rope:
+        cfg["partial_rotary_factor"] = rope_dims / head_dim
     if (scaling := _rope_scaling(meta, arch)) is not None:
         cfg["rope_scaling"] = scaling
     if (bos := meta.get("tokenizer.ggml.bos_token_id")) is not None:

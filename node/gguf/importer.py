@@ -20,7 +20,8 @@ from .marker import (
     IMPORTER_VERSION, existing_output_state, hash_source, read_marker, refuse_other_import, same_source,
     write_marker,
 )
-from .reader import read_gguf
+from .reader import TensorInfo, read_gguf
+from .rope_factors import llama3_rope_scaling
 from .tokenizer import build_tokenizer, write_tokenizer
 from .families import build_config, family_of
 from .weights import plan_tensors
@@ -48,7 +49,10 @@ def import_gguf(src: Path, dst: Path, *, progress: bool = True, shard_bytes: int
     gguf = read_gguf(src)
     arch, family = family_of(gguf.metadata, src.name)
     config = build_config(gguf.metadata, arch, family, **tensor_facts(gguf.tensors, gguf.metadata, arch))
-    planned = plan_tensors(gguf.tensors, arch, config, unpermute_qk=family.unpermute_qk, exact_scales=exact_scales)
+    if family.model_type == "llama" and (freqs := gguf.tensors.get("rope_freqs.weight")) is not None:
+        config["rope_scaling"] = llama3_rope_scaling(_read_f32(src, freqs), config["rope_theta"], config["head_dim"])
+    planned = plan_tensors(gguf.tensors, arch, config, unpermute_qk=family.unpermute_qk, exact_scales=exact_scales,
+                           norm_shift=family.norm_shift)
     check_layers(planned, config["num_hidden_layers"], arch)
     if (quant := quantization_block(planned)) is not None:
         config["quantization"] = quant
@@ -86,6 +90,16 @@ def import_gguf(src: Path, dst: Path, *, progress: bool = True, shard_bytes: int
         raise
     return ImportSummary(src, dst, arch, config["num_hidden_layers"], len(planned), written,
                          time.monotonic() - t0)
+
+
+def _read_f32(src: Path, info: TensorInfo):
+    import numpy as np
+
+    from .types import GGMLType
+
+    if info.ggml_type != GGMLType.F32:
+        raise GGUFImportError(f"tensor {info.name!r} is {info.type_name}; llama.cpp writes it as F32")
+    return np.fromfile(src, dtype=np.float32, count=info.nbytes // 4, offset=info.offset)
 
 
 def _replace_dir(tmp: Path, dst: Path) -> None:

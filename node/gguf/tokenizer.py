@@ -1,10 +1,12 @@
 """Rebuild a Hugging Face tokenizer (tokenizer.json + tokenizer_config.json) from GGUF metadata.
 
-Only byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) are handled. GGUF keeps the
-vocabulary already in GPT-2's byte-to-unicode alphabet, so tokens and merges go into a BPE model
-unchanged; what must be chosen carefully is the pre-tokenizer, because it decides where merges may
-happen. `tokenizer.ggml.pre` names llama.cpp's pre-tokenizer; each supported name below maps to the
-HF pre-tokenizer that splits text the same way.
+Byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) here; SentencePiece-style ones
+(`"llama"`) in spm_tokenizer.py. GGUF keeps a byte-level vocabulary already in GPT-2's byte-to-unicode
+alphabet, so tokens and merges go into a BPE model unchanged; what must be chosen carefully is the
+pre-tokenizer, because it decides where merges may happen. `tokenizer.ggml.pre` names llama.cpp's
+pre-tokenizer; each name below maps to the HF pre-tokenizer that splits text the same way (the
+regexes of the families not written out here come from transformers' GGUF tables: Qwen2, Tekken,
+GPT-4o, ...).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from .errors import GGUFImportError
+from .spm_tokenizer import build_spm_tokenizer
 
 # GGUF token types (tokenizer.ggml.token_type).
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
@@ -32,7 +35,19 @@ _LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-SUPPORTED_PRE_TOKENIZERS = _DIGITS_FAMILY + _GPT2_FAMILY + _LLAMA3_FAMILY
+
+
+def _transformers_splits() -> dict[str, str]:
+    """Pre-tokenizer name -> split regex, as transformers' GGUF loader has them (empty if it lacks them)."""
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+    except ImportError:
+        return {}
+    return dict(GGUF_PRE_TOKENIZER_SPLITS)
+
+
+SUPPORTED_PRE_TOKENIZERS = tuple(dict.fromkeys(_DIGITS_FAMILY + _GPT2_FAMILY + _LLAMA3_FAMILY
+                                               + tuple(_transformers_splits())))
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,10 @@ def _choose_pre_tokenizer(pre: str) -> _PreTokenizerChoice:
         split = pre_tokenizers.Split(Regex(_LLAMA3_REGEX), behavior="isolated", invert=False)
         no_regex = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)
         return _PreTokenizerChoice(pre_tokenizers.Sequence([split, no_regex]), True, True)
+    if (regex := _transformers_splits().get(pre)) is not None:
+        split = pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
+        no_regex = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)
+        return _PreTokenizerChoice(pre_tokenizers.Sequence([split, no_regex]), False, False)
     raise GGUFImportError(
         f"the GGUF's pre-tokenizer (tokenizer.ggml.pre) is {pre!r}, which this importer cannot reproduce; "
         f"supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}. Without the right pre-tokenizer the model "
@@ -70,9 +89,12 @@ def _meta_token(meta: dict[str, Any], key: str, tokens: list[str]) -> str | None
     return tokens[int(idx)]
 
 
-def _post_processor(bos: str | None, eos: str | None, ids: dict[str, int], add_bos: bool, add_eos: bool) -> Any:
+def _post_processor(bos: str | None, eos: str | None, ids: dict[str, int], add_bos: bool, add_eos: bool,
+                    byte_level: bool) -> Any:
     if not (add_bos and bos) and not (add_eos and eos):
-        return processors.ByteLevel(trim_offsets=False)
+        if byte_level:
+            return processors.ByteLevel(trim_offsets=False)
+        return processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
     head = f"{bos}:0 " if add_bos and bos else ""
     tail = f" {eos}:0" if add_eos and eos else ""
     tail_b = f" {eos}:1" if add_eos and eos else ""
@@ -85,23 +107,20 @@ def _post_processor(bos: str | None, eos: str | None, ids: dict[str, int], add_b
     )
 
 
-def build_tokenizer(meta: dict[str, Any]) -> Tokenizer:
-    """The HF `tokenizers` object equivalent to llama.cpp's tokenizer for this GGUF."""
-    model = meta.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        what = "SentencePiece ('llama')" if model == "llama" else repr(model)
-        raise GGUFImportError(
-            f"the GGUF's tokenizer model is {what}; this importer rebuilds only byte-level BPE "
-            "tokenizers (tokenizer.ggml.model = 'gpt2', as in Llama 3, SmolLM, Qwen, Mistral-Nemo). "
-            "Import the original Hugging Face checkpoint instead, or add SentencePiece support."
-        )
+def _add_bos_default(meta: dict[str, Any]) -> bool:
+    """llama.cpp's default when the file does not say: SentencePiece and Llama 3 vocabularies add BOS."""
+    if meta.get("tokenizer.ggml.model") == "llama":
+        return True
+    return str(meta.get("tokenizer.ggml.pre", "gpt-2") or "gpt-2") in _LLAMA3_FAMILY
+
+
+def _byte_level_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
     merges: list[str] = meta.get("tokenizer.ggml.merges") or []
     if not tokens or not merges:
         raise GGUFImportError("the GGUF has no tokenizer.ggml.tokens / tokenizer.ggml.merges; it cannot be served.")
     types: list[int] = meta.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
-    pre = str(meta.get("tokenizer.ggml.pre", "gpt-2") or "gpt-2")
-    choice = _choose_pre_tokenizer(pre)
+    choice = _choose_pre_tokenizer(str(meta.get("tokenizer.ggml.pre", "gpt-2") or "gpt-2"))
 
     vocab = {tok: i for i, tok in enumerate(tokens)}
     # A merge line is "left right"; byte-level symbols never contain a literal space.
@@ -121,21 +140,37 @@ def build_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     ]
     tok.add_special_tokens([a for a in added if a.special])
     tok.add_tokens([a for a in added if not a.special])
+    return tok
 
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", choice.add_bos_default))
+
+def build_tokenizer(meta: dict[str, Any]) -> Tokenizer:
+    """The HF `tokenizers` object equivalent to llama.cpp's tokenizer for this GGUF."""
+    model = meta.get("tokenizer.ggml.model")
+    if model == "gpt2":
+        tok = _byte_level_tokenizer(meta)
+    elif model == "llama":
+        tok = build_spm_tokenizer(meta, str(meta.get("general.architecture") or "llama"))
+    else:
+        raise GGUFImportError(
+            f"the GGUF's tokenizer model (tokenizer.ggml.model) is {model!r}; this importer rebuilds byte-level "
+            "BPE ('gpt2': Llama 3, SmolLM, Qwen, Mistral Nemo, gpt-oss) and SentencePiece ('llama': Llama 2, "
+            "Mistral v0.1, Gemma, Phi-3) vocabularies. Import the original Hugging Face checkpoint instead."
+        )
+    tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", _add_bos_default(meta)))
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
     tok.post_processor = _post_processor(
-        _meta_token(meta, "bos", tokens), _meta_token(meta, "eos", tokens), vocab, add_bos, add_eos
+        _meta_token(meta, "bos", tokens), _meta_token(meta, "eos", tokens), tok.get_vocab(), add_bos, add_eos,
+        byte_level=model == "gpt2",
     )
     return tok
 
 
 def tokenizer_config(meta: dict[str, Any], context_length: int | None) -> dict[str, Any]:
     tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
-    pre = str(meta.get("tokenizer.ggml.pre", "gpt-2") or "gpt-2")
     cfg: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", pre in _LLAMA3_FAMILY)),
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", _add_bos_default(meta))),
         "add_eos_token": bool(meta.get("tokenizer.ggml.add_eos_token", False)),
         # Decoding must give back the exact text (round trip), so no space "clean-up".
         "clean_up_tokenization_spaces": False,

@@ -41,6 +41,7 @@ class PlannedTensor:
     heads: int | None  # set for a Llama's attn_q / attn_k: rows are un-permuted per head
     outputs: tuple[TensorSpec, ...]
     bits: int | None = None  # the MLX affine form's bits; None for a float tensor
+    shift: float = 0.0       # added to every value (a Gemma norm stored as 1 + w)
 
     @property
     def quantized(self) -> bool:
@@ -131,7 +132,7 @@ def _check_type(info: TensorInfo) -> None:
 
 
 def plan_tensor(info: TensorInfo, param: str, expected: tuple[int, ...], *, heads: int | None,
-                exact_scales: bool) -> PlannedTensor:
+                exact_scales: bool, shift: float = 0.0) -> PlannedTensor:
     _check_type(info)
     module, _, kind = param.rpartition(".")
     shape = tuple(reversed(info.shape))  # GGUF lists the fastest dimension first
@@ -139,6 +140,9 @@ def plan_tensor(info: TensorInfo, param: str, expected: tuple[int, ...], *, head
         raise GGUFImportError(f"tensor {info.name!r} has shape {shape}, but {param} of the model built from the "
                               f"file's own metadata has {expected}; the file is inconsistent.")
     bits = GGMLType.mlx_bits(info.ggml_type)
+    if shift and bits is not None:
+        raise GGUFImportError(f"tensor {info.name!r} is a norm stored block-quantized ({info.type_name}); this "
+                              "importer expects norms as float tensors, as llama.cpp writes them.")
     if bits is not None:
         if len(shape) < 2 or shape[-1] % GROUP_SIZE:
             raise GGUFImportError(f"quantized tensor {info.name!r} has unexpected shape {shape}.")
@@ -150,28 +154,45 @@ def plan_tensor(info: TensorInfo, param: str, expected: tuple[int, ...], *, head
         )
     else:
         outs = (TensorSpec(param, FLOAT_DTYPES[info.ggml_type][0], shape),)
-    return PlannedTensor(info, module, kind, _layer_of(module), heads, outs, bits)
+    return PlannedTensor(info, module, kind, _layer_of(module), heads, outs, bits, shift)
+
+
+# Multimodal towers some files carry next to the text model (Ollama's Gemma 3 blobs: vision, projector;
+# audio): served as text, they are left out.
+SKIPPED_PREFIXES = ("v.", "mm.", "a.")
+# Per-dimension RoPE factors the config forms here cannot carry.
+_ROPE_FACTOR_TENSORS = {
+    "rope_freqs.weight": "Llama 3.1-style RoPE scaling (rope_freqs.weight)",
+    "rope_factors_long.weight": "Phi-3 128k LongRoPE (rope_factors_long.weight)",
+    "rope_factors_short.weight": "Phi-3 128k LongRoPE (rope_factors_short.weight)",
+}
 
 
 def plan_tensors(tensors: dict[str, TensorInfo], arch: str, config: dict, *, unpermute_qk: bool,
-                 exact_scales: bool = False) -> list[PlannedTensor]:
+                 exact_scales: bool = False, norm_shift: float = 0.0) -> list[PlannedTensor]:
     params = target_parameters(config)
     by_gguf = gguf_names(arch, params, int(config["num_hidden_layers"]))
     heads, kv_heads = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
     planned, problems = [], []
     for info in tensors.values():
+        if info.name.startswith(SKIPPED_PREFIXES):
+            continue
+        if info.name == "rope_freqs.weight" and (config.get("rope_scaling") or {}).get("rope_type") == "llama3":
+            continue  # carried by config.json instead (node/gguf/rope_factors.py)
         param = by_gguf.get(info.name)
         if param is None:
-            if info.name == "rope_freqs.weight":
+            if info.name in _ROPE_FACTOR_TENSORS:
                 raise GGUFImportError(
-                    "the GGUF carries rope_freqs.weight (Llama 3.1-style RoPE scaling), which this importer "
-                    "does not translate yet; the model would run with the wrong positions. Import the "
-                    "original Hugging Face checkpoint instead.")
+                    f"the GGUF carries {_ROPE_FACTOR_TENSORS[info.name]}, which this importer does not translate "
+                    "yet; the model would run with the wrong positions. Import the original Hugging Face "
+                    "checkpoint instead.")
             problems.append(info.name)
             continue
         role = info.name.split(".")[-2]
         qk_heads = {"attn_q": heads, "attn_k": kv_heads}.get(role) if unpermute_qk else None
-        planned.append(plan_tensor(info, param, params[param], heads=qk_heads, exact_scales=exact_scales))
+        shift = norm_shift if info.name.endswith("norm.weight") else 0.0
+        planned.append(plan_tensor(info, param, params[param], heads=qk_heads, exact_scales=exact_scales,
+                                   shift=shift))
     if problems:
         raise GGUFImportError(
             f"tensor(s) {', '.join(repr(p) for p in problems[:5])} are not part of a {config['model_type']} "
