@@ -16,7 +16,8 @@ from .types import GGMLType
 from .weights import PlannedTensor, unpermute_rows
 
 SHARD_BYTES = 2 * 1024**3
-WORK_BYTES = 32 * 1024**2  # float32 bytes of rows handled per step; bounds memory on any model size
+WORK_BYTES = 32 * 1024**2  # working bytes of rows handled per step; bounds memory on any model size
+WORK_BYTES_PER_VALUE = 16  # the widest per-value working form: bitpack's 64-bit words, shifted and reduced
 
 
 def group_shards(planned: list[PlannedTensor], shard_bytes: int = SHARD_BYTES) -> list[list[PlannedTensor]]:
@@ -84,8 +85,8 @@ def _convert_one(p: PlannedTensor, fh: BinaryIO, writer: SafetensorsWriter, on_b
     perm = unpermute_rows(rows, p.heads) if p.heads else None
     # A q/k tensor is read whole (rows move across the tensor); anything else a block of rows at a time.
     whole = _read(fh, info.offset, info.nbytes).reshape(rows, -1) if perm is not None else None
-    # Rows per step bound the float32 working copy a dequantized block of rows needs.
-    step = max(1, WORK_BYTES // (4 * max(1, math.prod(info.shape) // rows)))
+    # Rows per step bound the working copies a block of rows needs (dequantized floats, packed words).
+    step = max(1, WORK_BYTES // (WORK_BYTES_PER_VALUE * max(1, math.prod(info.shape) // rows)))
     for start in range(0, rows, step):
         stop = min(rows, start + step)
         if whole is not None:
