@@ -17,7 +17,7 @@ from tests.tiny_models import build_model, family_config, write_tiny_model
 MERGES = ["Ġ t", "h e"]
 VOCAB = 256 + len(MERGES)   # GPT-2's 256 byte tokens and two merges
 GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "qwen3_moe": "qwen3moe", "gemma2": "gemma2",
-             "gemma3_text": "gemma3", "phi3": "phi3"}
+             "gemma3_text": "gemma3", "phi3": "phi3", "gpt_oss": "gpt-oss"}
 # What llama.cpp fixes in a Gemma 3 (its sliding-window pattern) the tiny config must have too.
 GGUF_OVERRIDES = {"gemma3_text": dict(sliding_window_pattern=6)}
 
@@ -64,6 +64,15 @@ def family_gguf(path: Path, model_type: str, *, float_type=gguf.GGMLQuantization
         w.add_final_logit_softcapping(config["final_logit_softcapping"])
     if model_type == "gemma3_text":
         w.add_sliding_window(config["sliding_window"])
+    if (config.get("rope_scaling") or {}).get("rope_type") == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(config["rope_scaling"]["factor"])
+        w.add_rope_scaling_orig_ctx_len(config["rope_scaling"]["original_max_position_embeddings"])
+    if model_type == "gpt_oss":
+        w.add_expert_count(config["num_local_experts"])
+        w.add_expert_used_count(config["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(config["intermediate_size"])
+        w.add_sliding_window(config["sliding_window"])
     if model_type == "qwen3_moe":
         w.add_expert_count(config["num_experts"])
         w.add_expert_used_count(config["num_experts_per_tok"])
@@ -90,13 +99,16 @@ def family_gguf(path: Path, model_type: str, *, float_type=gguf.GGMLQuantization
     for name, value in tree_flatten(model.parameters()):
         module, _, suffix = name.rpartition(".")
         target = names.get_name(module.replace(".switch_mlp.", ".experts."))
+        if target is None:  # a parameter of its own (gpt-oss's attention sinks)
+            target, suffix = names.get_name(name), "weight"
         data = np.array(value).astype(np.float32)
         if arch == "llama" and module.endswith(("q_proj", "k_proj")):
             data = _permute(data, config["num_attention_heads" if module.endswith("q_proj") else "num_key_value_heads"])
         if arch.startswith("gemma") and target.endswith("norm"):
             data = data + 1  # llama.cpp stores Gemma's norms as 1 + w
-        if float_type == gguf.GGMLQuantizationType.F32 or data.ndim == 1:
-            w.add_tensor(f"{target}.{suffix}", data)
+        if float_type == gguf.GGMLQuantizationType.F32 or data.ndim == 1 or (
+                float_type == gguf.GGMLQuantizationType.MXFP4 and not (".experts." in name and suffix == "weight")):
+            w.add_tensor(f"{target}.{suffix}", data)  # MXFP4: experts only, as gpt-oss files hold it
         else:
             w.add_tensor(f"{target}.{suffix}", gguf.quants.quantize(data, float_type), raw_dtype=float_type)
     w.write_header_to_file()

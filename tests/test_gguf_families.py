@@ -21,7 +21,8 @@ from tests.stage_chain import StageChain, mlx_lm_greedy
 PROMPT = [5, 80, 17, 200, 33, 101, 7, 257, 64, 12, 9]
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "phi3"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "phi3",
+                                        "gpt_oss"])
 def test_an_f32_gguf_imports_to_the_model_it_came_from(model_type: str, tmp_path: Path) -> None:
     source = family_gguf(tmp_path / "model.gguf", model_type, model_dir=tmp_path / "original")
     import_gguf(source, tmp_path / "imported", progress=False)
@@ -49,6 +50,40 @@ def test_a_quantized_gguf_serves_through_stages(model_type: str, tmp_path: Path)
     assert config["quantization"]["bits"] == 8
     expected = mlx_lm_greedy(tmp_path / "imported", PROMPT, 6)
     assert StageChain([tmp_path / "imported"] * 3, [0, 2, 4, 6]).greedy(PROMPT, 6) == expected
+
+
+def test_gpt_oss_with_mxfp4_experts_serves_through_stages(tmp_path: Path) -> None:
+    """As gpt-oss GGUFs hold it: experts in MXFP4, the rest float. The experts become MLX mxfp4 with
+    zero error against gguf's dequantization; the model runs through three stages as mlx-lm runs it."""
+    source = family_gguf(tmp_path / "mxfp4.gguf", "gpt_oss", float_type=gguf.GGMLQuantizationType.MXFP4)
+    import_gguf(source, tmp_path / "imported", progress=False)
+    config = json.loads((tmp_path / "imported" / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 32, "bits": 4, "mode": "mxfp4"}
+    weights = mx.load(str(tmp_path / "imported" / "model.safetensors"))
+    reader = {t.name: t for t in gguf.GGUFReader(str(source)).tensors}
+    for layer in range(6):
+        for proj, role in (("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"), ("down_proj", "ffn_down_exps")):
+            t = reader[f"blk.{layer}.{role}.weight"]
+            assert t.tensor_type == gguf.GGMLQuantizationType.MXFP4
+            name = f"model.layers.{layer}.mlp.experts.{proj}"
+            got = mx.dequantize(weights[f"{name}.weight"], weights[f"{name}.scales"], group_size=32, bits=4,
+                                mode="mxfp4")
+            assert np.array_equal(np.array(got.astype(mx.float32)),
+                                  gguf.quants.dequantize(np.array(t.data), t.tensor_type)), name
+    assert config["layer_types"][:2] == ["sliding_attention", "full_attention"]
+    expected = mlx_lm_greedy(tmp_path / "imported", PROMPT, 6)
+    assert StageChain([tmp_path / "imported"] * 3, [0, 1, 4, 6]).greedy(PROMPT, 6) == expected
+
+
+def test_yarn_rope_scaling_comes_back(tmp_path: Path) -> None:
+    """gpt-oss's long context: YaRN, with the betas llama.cpp takes when the file does not say."""
+    scaling = {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 16, "beta_fast": 32.0,
+               "beta_slow": 1.0}
+    source = family_gguf(tmp_path / "m.gguf", "gpt_oss", model_dir=tmp_path / "original", rope_scaling=scaling)
+    import_gguf(source, tmp_path / "imported", progress=False)
+    assert json.loads((tmp_path / "imported" / "config.json").read_text())["rope_scaling"] == scaling
+    prompt = PROMPT * 4
+    assert mlx_lm_greedy(tmp_path / "imported", prompt, 6) == mlx_lm_greedy(tmp_path / "original", prompt, 6)
 
 
 def test_a_tensor_of_another_shape_is_named(tmp_path: Path) -> None:

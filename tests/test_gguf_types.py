@@ -115,15 +115,27 @@ def test_bf16_stays_bfloat16(tmp_path: Path) -> None:
     assert np.array_equal(np.array(weights["model.layers.0.mlp.up_proj.weight"].astype(mx.float32)), expected)
 
 
-def test_mxfp4_is_refused_naming_the_tensor(tmp_path: Path) -> None:
-    data = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
-    source = _tiny_gguf(tmp_path / "mxfp4.gguf", gguf.GGMLQuantizationType.MXFP4, data)
+def test_an_unsupported_type_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    source = _tiny_gguf(tmp_path / "tq2.gguf", gguf.GGMLQuantizationType.TQ2_0, data)
     from node.gguf.reader import read_gguf
     from node.gguf.weights import _check_type
 
-    with pytest.raises(GGUFImportError, match=r"'blk.0.ffn_up.weight' is stored as MXFP4, which this importer "
-                                              r"cannot convert"):
+    with pytest.raises(GGUFImportError, match=r"'blk.0.ffn_up.weight' is stored as TQ2_0, which this importer "
+                                              r"cannot convert; supported tensor types: .*MXFP4"):
         _check_type(read_gguf(source).tensors["blk.0.ffn_up.weight"])
+
+
+def test_mxfp4_becomes_mlx_mxfp4_exactly() -> None:
+    """gpt-oss's expert format: the same E2M1 codes and E8M0 scales in MLX's mxfp4 mode, zero error."""
+    from node.gguf.blocks import mxfp4_to_mlx
+
+    data = (np.random.default_rng(1).standard_normal((48, 256)) * 0.02).astype(np.float32)
+    raw = gguf.quants.quantize(data, gguf.GGMLQuantizationType.MXFP4)
+    reference = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.MXFP4)
+    weight, scales = mxfp4_to_mlx(raw)
+    got = mx.dequantize(mx.array(weight), mx.array(scales), group_size=32, bits=4, mode="mxfp4")
+    assert np.array_equal(np.array(got.astype(mx.float32)), reference)
 
 
 def test_the_test_quantizers_write_what_gguf_reads_back() -> None:

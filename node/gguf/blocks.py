@@ -126,6 +126,15 @@ def q5_k(raw: np.ndarray) -> Affine:
     return _k_affine(_k_values(b[..., 48:176]) | (high << 4), b)
 
 
+def mxfp4_to_mlx(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MXFP4 blocks (an E8M0 scale byte, then 32 E2M1 codes as Q4_0 lays nibbles) -> MLX's mxfp4
+    (weight uint32, scales uint8). The codes and the scale mean the same in both; only the nibble
+    order moves."""
+    b = _blocks(raw, 17)
+    rows = b.shape[0]
+    return pack_bits(_nibbles(b[..., 1:]).reshape(rows, -1), 4), np.ascontiguousarray(b[..., 0])
+
+
 # ggml type -> (what it becomes: bits of the MLX form, the function giving its affine groups).
 EXACT = {
     GGMLType.Q4_0: (4, q4_0), GGMLType.Q4_1: (4, q4_1), GGMLType.Q5_0: (5, q5_0), GGMLType.Q5_1: (5, q5_1),
@@ -147,8 +156,11 @@ def requantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, n
     return np.array(w), np.array(scales), np.array(biases)
 
 
-def quantized_shapes(bits: int, rows: int, cols: int, scale_dtype: str = "F16") -> dict[str, tuple[tuple[int, int], str]]:
-    """Output suffix -> (shape, safetensors dtype) of the MLX triplet for a rows x cols tensor."""
+def quantized_shapes(bits: int, rows: int, cols: int, scale_dtype: str = "F16",
+                     mode: str = "affine") -> dict[str, tuple[tuple[int, int], str]]:
+    """Output suffix -> (shape, safetensors dtype) of the MLX arrays for a rows x cols tensor."""
+    if mode == "mxfp4":
+        return {"weight": ((rows, cols * bits // 32), "U32"), "scales": ((rows, cols // GROUP_SIZE), "U8")}
     return {
         "weight": ((rows, cols * bits // 32), "U32"),
         "scales": ((rows, cols // GROUP_SIZE), scale_dtype),

@@ -42,13 +42,13 @@ def check_layers(planned: list[PlannedTensor], layers: int, arch: str) -> None:
 
 
 def quantization_block(planned: list[PlannedTensor]) -> dict[str, Any] | None:
-    """mlx-lm's format: the most common bits as default, per-module overrides for the rest."""
-    bits = {p.module: p.bits for p in planned if p.quantized and p.kind == "weight"}
-    if not bits:
+    """mlx-lm's format: the most common (bits, mode) as default, per-module overrides for the rest."""
+    forms = {p.module: (p.bits, p.mode) for p in planned if p.quantized and p.kind == "weight"}
+    if not forms:
         return None
-    default = Counter(bits.values()).most_common(1)[0][0]
-    block: dict[str, Any] = {"group_size": GROUP_SIZE, "bits": default, "mode": "affine"}
-    for module, b in bits.items():
-        if b != default:
-            block[module] = {"group_size": GROUP_SIZE, "bits": b}
+    bits, mode = Counter(forms.values()).most_common(1)[0][0]
+    block: dict[str, Any] = {"group_size": GROUP_SIZE, "bits": bits, "mode": mode}
+    for module, (b, m) in forms.items():
+        if (b, m) != (bits, mode):
+            block[module] = {"group_size": GROUP_SIZE, "bits": b} | ({"mode": m} if m != "affine" else {})
     return block

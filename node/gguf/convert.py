@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .blocks import EXACT, FLOAT_DTYPES, requantize, to_mlx
+from .blocks import EXACT, FLOAT_DTYPES, mxfp4_to_mlx, requantize, to_mlx
 from .safetensors_writer import SafetensorsWriter
 from .types import GGMLType
 from .weights import PlannedTensor, unpermute_rows
@@ -56,6 +56,8 @@ def _convert_rows(p: PlannedTensor, chunk: np.ndarray) -> tuple[np.ndarray, ...]
     if not p.quantized:
         values = chunk.view(FLOAT_DTYPES[kind][1])
         return (_shifted(values, kind, p.shift) if p.shift else values,)
+    if kind == GGMLType.MXFP4:
+        return mxfp4_to_mlx(chunk)
     if kind in EXACT:
         bits, repack = EXACT[kind]
         scale_dtype = np.float32 if p.outputs[1].dtype == "F32" else np.float16

@@ -13,6 +13,8 @@ to the tensors that must be undone (node/gguf/weights.py applies it):
                                   the head size; of hidden / heads for the 27B models); Gemma 3's
                                   sliding-window pattern is llama.cpp's fixed 6
   phi3 (Phi-3, Phi-4)             nothing: q/k/v and gate/up stay fused as mlx-lm's phi3 holds them
+  gpt-oss                         experts already split into gate / up (MXFP4 kept as mxfp4); layers
+                                  alternate sliding-window and full attention, as llama.cpp fixes them
 """
 
 from __future__ import annotations
@@ -90,6 +92,17 @@ def _phi3(meta: dict[str, Any], arch: str) -> dict[str, Any]:
                                                              meta.get(f"{arch}.context_length", 4096)))}
 
 
+def _gpt_oss(meta: dict[str, Any], arch: str) -> dict[str, Any]:
+    layers = int(_need(meta, f"{arch}.block_count"))
+    return {
+        "num_local_experts": int(_need(meta, f"{arch}.expert_count")),
+        "num_experts_per_tok": int(_need(meta, f"{arch}.expert_used_count")),
+        "intermediate_size": int(_need(meta, f"{arch}.expert_feed_forward_length")),
+        "sliding_window": int(_need(meta, f"{arch}.attention.sliding_window")),
+        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+    }
+
+
 FAMILIES = {
     "llama": Family("llama", "LlamaForCausalLM", _llama, unpermute_qk=True),
     "qwen2": Family("qwen2", "Qwen2ForCausalLM", _none),
@@ -98,6 +111,7 @@ FAMILIES = {
     "gemma2": Family("gemma2", "Gemma2ForCausalLM", _gemma2, norm_shift=-1.0),
     "gemma3": Family("gemma3_text", "Gemma3ForCausalLM", _gemma3, norm_shift=-1.0),
     "phi3": Family("phi3", "Phi3ForCausalLM", _phi3, partial_rope=True),
+    "gpt-oss": Family("gpt_oss", "GptOssForCausalLM", _gpt_oss),
 }
 
 
@@ -118,8 +132,13 @@ def _rope_scaling(meta: dict[str, Any], arch: str) -> dict[str, Any] | None:
         return None
     if kind == "linear":
         return {"type": "linear", "factor": float(meta[f"{arch}.rope.scaling.factor"])}
+    if kind == "yarn":  # gpt-oss, Qwen3 long context; betas as llama.cpp defaults them
+        return {"rope_type": "yarn", "factor": float(meta[f"{arch}.rope.scaling.factor"]),
+                "original_max_position_embeddings": int(meta[f"{arch}.rope.scaling.original_context_length"]),
+                "beta_fast": float(meta.get(f"{arch}.rope.scaling.yarn_beta_fast", 32.0)),
+                "beta_slow": float(meta.get(f"{arch}.rope.scaling.yarn_beta_slow", 1.0))}
     raise GGUFImportError(
-        f"the GGUF uses RoPE scaling {kind!r}; only linear scaling is translated. Import the original "
+        f"the GGUF uses RoPE scaling {kind!r}; linear and yarn scaling are translated. Import the original "
         "Hugging Face checkpoint instead."
     )
 

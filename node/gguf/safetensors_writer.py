@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4}
+DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4, "U8": 1}
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,10 @@ class GGMLType:
     # 8 bits where the format is fine (a 4-bit copy would double its error); 4 bits for Q2_K / Q3_K,
     # which people pick to save memory, at a fraction of their own error.
     REQUANTIZED_BITS = {Q6_K: 8, IQ4_NL: 8, IQ4_XS: 8, Q3_K: 4, Q2_K: 4}
-    SUPPORTED = FLOATS + tuple(EXACT_BITS) + tuple(REQUANTIZED_BITS)
+    # MXFP4 (gpt-oss experts) is MLX's own mxfp4 mode bit for bit: 4-bit E2M1 values, one E8M0 scale
+    # per 32, no bias. Repacked, not re-quantized.
+    MXFP4_BITS = {MXFP4: 4}
+    SUPPORTED = FLOATS + tuple(EXACT_BITS) + tuple(REQUANTIZED_BITS) + tuple(MXFP4_BITS)
 
     @staticmethod
     def layout(type_id: int) -> tuple[int, int] | None:
@@ -45,7 +48,13 @@ class GGMLType:
     @staticmethod
     def mlx_bits(type_id: int) -> int | None:
         """Bits of the MLX affine form a quantized type becomes; None for the float types."""
-        return GGMLType.EXACT_BITS.get(type_id) or GGMLType.REQUANTIZED_BITS.get(type_id)
+        return (GGMLType.EXACT_BITS.get(type_id) or GGMLType.REQUANTIZED_BITS.get(type_id)
+                or GGMLType.MXFP4_BITS.get(type_id))
+
+    @staticmethod
+    def mlx_mode(type_id: int) -> str:
+        """MLX's quantization mode for the type: mxfp4 for MXFP4, affine for the rest."""
+        return "mxfp4" if type_id in GGMLType.MXFP4_BITS else "affine"
 
 
 def ggml_type_name(type_id: int) -> str:

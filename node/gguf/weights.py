@@ -42,6 +42,7 @@ class PlannedTensor:
     outputs: tuple[TensorSpec, ...]
     bits: int | None = None  # the MLX affine form's bits; None for a float tensor
     shift: float = 0.0       # added to every value (a Gemma norm stored as 1 + w)
+    mode: str = "affine"     # MLX's quantization mode (mxfp4 for MXFP4)
 
     @property
     def quantized(self) -> bool:
@@ -110,6 +111,8 @@ def gguf_names(arch: str, params: dict[str, tuple[int, ...]], num_layers: int) -
         found = table.get_name(module.replace(".switch_mlp.", ".experts."))
         if found is not None:
             out[f"{found}.{suffix}"] = param
+        elif (whole := table.get_name(param)) is not None:
+            out[f"{whole}.weight"] = param  # a parameter of its own (gpt-oss's attention sinks)
     return out
 
 
@@ -140,6 +143,9 @@ def plan_tensor(info: TensorInfo, param: str, expected: tuple[int, ...], *, head
         raise GGUFImportError(f"tensor {info.name!r} has shape {shape}, but {param} of the model built from the "
                               f"file's own metadata has {expected}; the file is inconsistent.")
     bits = GGMLType.mlx_bits(info.ggml_type)
+    if bits is not None and kind != "weight":
+        raise GGUFImportError(f"tensor {info.name!r} is a {kind} stored block-quantized ({info.type_name}); only "
+                              "weight matrices are quantized in the files llama.cpp writes.")
     if shift and bits is not None:
         raise GGUFImportError(f"tensor {info.name!r} is a norm stored block-quantized ({info.type_name}); this "
                               "importer expects norms as float tensors, as llama.cpp writes them.")
@@ -148,13 +154,15 @@ def plan_tensor(info: TensorInfo, param: str, expected: tuple[int, ...], *, head
             raise GGUFImportError(f"quantized tensor {info.name!r} has unexpected shape {shape}.")
         scale_dtype = "F32" if exact_scales and info.ggml_type in EXACT_SCALE_TYPES else "F16"
         rows = math.prod(shape[:-1])
+        mode = GGMLType.mlx_mode(info.ggml_type)
         outs = tuple(
             TensorSpec(f"{module}.{suffix}", dtype, shape[:-1] + shp[1:])
-            for suffix, (shp, dtype) in quantized_shapes(bits, rows, shape[-1], scale_dtype).items()
+            for suffix, (shp, dtype) in quantized_shapes(bits, rows, shape[-1], scale_dtype, mode).items()
         )
     else:
         outs = (TensorSpec(param, FLOAT_DTYPES[info.ggml_type][0], shape),)
-    return PlannedTensor(info, module, kind, _layer_of(module), heads, outs, bits, shift)
+    return PlannedTensor(info, module, kind, _layer_of(module), heads, outs, bits, shift,
+                         GGMLType.mlx_mode(info.ggml_type))
 
 
 # Multimodal towers some files carry next to the text model (Ollama's Gemma 3 blobs: vision, projector;
