@@ -37,7 +37,7 @@ def served(tmp_path_factory, k_quant_demo_gguf: Path):
     up = run_cli(["up", str(inventory_path), "--detach", "--no-progress"], home, timeout=300)
     try:
         assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
-        imported = home / "models" / f"ollama-{ollama.find(NAME, store).digest[:16]}"
+        imported = home / "models" / f"gguf-{ollama.find(NAME, store).digest[:16]}"
         yield load_inventory(inventory_path), imported
     finally:
         try:

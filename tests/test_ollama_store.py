@@ -126,7 +126,7 @@ def test_an_inventory_model_by_ollama_name_is_imported_once(store: Path) -> None
     spec = ModelSpec(ollama="smollm2:135m", ollama_dir=store)
     info = resolve_model(spec, progress=False)
     blob = ollama.find("smollm2:135m", store)
-    assert info.path.name == f"ollama-{blob.digest[:16]}"
+    assert info.path.name == f"gguf-{blob.digest[:16]}"
     assert not list(info.path.rglob("*.gguf")) and not list(info.path.rglob("sha256-*"))  # read in place, not copied
     marker = info.path / "boltpipe_import.json"
     stamp = marker.stat().st_mtime_ns, {p.name: p.stat().st_mtime_ns for p in info.path.iterdir()}

@@ -4,7 +4,6 @@ model cache; an Ollama model's stop strings and system prompt become the API's d
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from cluster import paths
 from cluster.api.openai_shapes import ModelDefaults
 from cluster.inventory import BUNDLED_MODEL, ModelSpec
 from cluster.launch.demo_model import bundled_gguf_path
+from cluster.launch.source_hashes import content_sha256
 from node.gguf import import_gguf, ollama
 from node.model_config import ModelDirError, ModelInfo, read_model_info
 
@@ -19,11 +19,9 @@ log = logging.getLogger(__name__)
 IMPORT_MARKER = "boltpipe_import.json"
 
 
-def cached_import_dir(gguf: Path) -> Path:
-    """A cache entry per GGUF file version (path, size, modification time)."""
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return paths.model_cache() / f"{gguf.stem}-{key}"
+def cached_import_dir(sha256: str) -> Path:
+    """A cache entry per GGUF content: the same file under any name, or as an Ollama blob, is imported once."""
+    return paths.model_cache() / f"gguf-{sha256[:16]}"
 
 
 def model_defaults(spec: ModelSpec) -> ModelDefaults:
@@ -39,13 +37,13 @@ def resolve_model(spec: ModelSpec, *, progress: bool = True) -> ModelInfo:
     if spec.ollama is not None:
         found = ollama.find(spec.ollama, spec.ollama_dir)
         # The blob's name is its content hash: a second `up` finds the import without reading the file.
-        gguf, target = found.gguf, paths.model_cache() / f"ollama-{found.digest[:16]}"
+        gguf, target = found.gguf, cached_import_dir(found.digest)
     else:
         assert spec.gguf is not None
         gguf = bundled_gguf_path() if spec.gguf == BUNDLED_MODEL else Path(spec.gguf)
         if not gguf.is_file():
             raise ModelDirError(f"model.gguf: {gguf} does not exist")
-        target = cached_import_dir(gguf)
+        target = cached_import_dir(content_sha256(gguf, progress=progress))
     if not (target / IMPORT_MARKER).is_file():
         log.info("importing %s into %s (once)", gguf.name, target)
         import_gguf(gguf, target, progress=progress)
