@@ -21,3 +21,12 @@ def require(missing: str | None) -> None:
 
 def require_program(name: str, debian_package: str) -> None:
     require(None if shutil.which(name) else f"{name} is not installed (apt-get install {debian_package})")
+
+
+def require_system_openblas() -> "Path":
+    """Debian's pthread OpenBLAS (libopenblas0-pthread), for whichever architecture this is."""
+    from pathlib import Path
+
+    found = sorted(Path("/usr/lib").glob("*/openblas-pthread/libopenblas.so.0"))
+    require(None if found else "the system OpenBLAS is not installed (apt-get install libopenblas0-pthread)")
+    return found[0]
