@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from node.gguf import GGUFImportError
-from node.gguf.tokenizer import SUPPORTED_PRE_TOKENIZERS, build_tokenizer
+from node.gguf.tokenizer import build_tokenizer, supported_pre_tokenizers
 from tests.conftest import TESTS_DATA
 from tests.gguf_writer import tiny_llama_metadata
 
@@ -144,7 +144,7 @@ def test_unsupported_pre_tokenizer_names_the_supported_ones() -> None:
     message = str(info.value)
     assert "'deepseek-llm'" in message
     for name in ("smollm", "gpt-2", "llama-bpe"):
-        assert name in message and name in SUPPORTED_PRE_TOKENIZERS
+        assert name in message and name in supported_pre_tokenizers()
 
 
 def test_an_unknown_tokenizer_model_is_refused_naming_the_known_ones() -> None:
@@ -154,6 +154,6 @@ def test_an_unknown_tokenizer_model_is_refused_naming_the_known_ones() -> None:
 
 def test_pre_tokenizers_from_transformers_tables_split_like_theirs() -> None:
     """Qwen2's split (llama.cpp "qwen2"): every digit alone, letters in runs."""
-    assert "qwen2" in SUPPORTED_PRE_TOKENIZERS and "tekken" in SUPPORTED_PRE_TOKENIZERS
+    assert "qwen2" in supported_pre_tokenizers() and "tekken" in supported_pre_tokenizers()
     assert _pieces(tiny_llama_metadata(pre="qwen2"), "x 12345 hi\n\nyo") == [
         "x", "Ġ", "1", "2", "3", "4", "5", "Ġhi", "ĊĊ", "yo"]

@@ -20,13 +20,9 @@ from .errors import GGUFImportError
 WORD_MARK = "\u2581"  # "▁"
 
 
-def _tokenizer_dict(meta: dict[str, Any]) -> dict[str, Any]:
-    """transformers' names for the GGUF tokenizer keys (its GGUF_TOKENIZER_MAPPING)."""
-    keys = {"model": "tokenizer_type", "pre": "pre_tokenizer_type", "tokens": "tokens", "scores": "scores",
-            "token_type": "token_type", "merges": "merges", "bos_token_id": "bos_token_id",
-            "eos_token_id": "eos_token_id", "unknown_token_id": "unk_token_id",
-            "padding_token_id": "pad_token_id", "add_space_prefix": "add_prefix_space"}
-    return {name: meta[f"tokenizer.ggml.{key}"] for key, name in keys.items() if f"tokenizer.ggml.{key}" in meta}
+def _tokenizer_dict(meta: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """The GGUF's tokenizer keys under transformers' names (its GGUF_TOKENIZER_MAPPING["tokenizer"])."""
+    return {name: meta[f"tokenizer.{key}"] for key, name in renames.items() if f"tokenizer.{key}" in meta}
 
 
 def space_prefix(meta: dict[str, Any]) -> bool:
@@ -43,7 +39,7 @@ def build_spm_tokenizer(meta: dict[str, Any], architecture: str) -> Tokenizer:
     if not tokens or (not meta.get("tokenizer.ggml.scores") and not meta.get("tokenizer.ggml.merges")):
         raise GGUFImportError("the GGUF's SentencePiece vocabulary has no tokenizer.ggml.tokens with scores or "
                               "merges; it cannot be served")
-    info = _tokenizer_dict(meta)
+    info = _tokenizer_dict(meta, hf_gguf.GGUF_TOKENIZER_MAPPING["tokenizer"])
     builder = hf_gguf.GGUF_SENTENCEPIECE_BUILDERS.get(architecture, hf_gguf.sentencepiece_tokenizer)
     tok = hf_gguf.add_gguf_special_tokens(builder(info), info).backend_tokenizer
     prefix = space_prefix(meta)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ _LLAMA3_REGEX = (
 )
 
 
+@lru_cache(maxsize=1)
 def _transformers_splits() -> dict[str, str]:
-    """Pre-tokenizer name -> split regex, as transformers' GGUF loader has them (empty if it lacks them)."""
+    """Pre-tokenizer name -> split regex, as transformers' GGUF loader has them (empty if it lacks them).
+    Loaded on first use: importing that module costs most of a second, which start-up need not pay."""
     try:
         from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
     except ImportError:
@@ -46,8 +49,8 @@ def _transformers_splits() -> dict[str, str]:
     return dict(GGUF_PRE_TOKENIZER_SPLITS)
 
 
-SUPPORTED_PRE_TOKENIZERS = tuple(dict.fromkeys(_DIGITS_FAMILY + _GPT2_FAMILY + _LLAMA3_FAMILY
-                                               + tuple(_transformers_splits())))
+def supported_pre_tokenizers() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_DIGITS_FAMILY + _GPT2_FAMILY + _LLAMA3_FAMILY + tuple(_transformers_splits())))
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def _choose_pre_tokenizer(pre: str) -> _PreTokenizerChoice:
         return _PreTokenizerChoice(pre_tokenizers.Sequence([split, no_regex]), False, False)
     raise GGUFImportError(
         f"the GGUF's pre-tokenizer (tokenizer.ggml.pre) is {pre!r}, which this importer cannot reproduce; "
-        f"supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}. Without the right pre-tokenizer the model "
+        f"supported: {', '.join(supported_pre_tokenizers())}. Without the right pre-tokenizer the model "
         "would see different token ids than it was trained on, so the import stops here."
     )
 
