@@ -129,6 +129,8 @@ class Inventory:
     replay_timeout_s: float = 120.0   # how long such a request waits for the stage
     health_interval_s: float = 1.0    # between the coordinator's health checks of each stage
     health_timeout_s: float = 2.0     # a health check's deadline (two missed in a row: the stage is down)
+    max_batch: int = 32               # sessions a stage computes in one decode pass (1: no batching)
+    batches_in_flight: int = 0        # decode batches travelling the ring at once (0: one per stage)
     tls: str = "auto"                 # mutual TLS between coordinator and workers: auto (beyond loopback), on, off
     extra: dict = field(default_factory=dict)
 
@@ -379,7 +381,9 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
         problems.append(f"pipeline: expected a mapping, got {pipeline!r}")
     else:
         _known_keys(pipeline, ("prefill_chunk", "kv_budget_mb", "runtime_overhead_mb", "health_interval_s",
-                               "health_timeout_s"), "pipeline", problems)
+                               "health_timeout_s", "max_batch", "batches_in_flight"), "pipeline", problems)
+        limits["max_batch"] = _bounded(pipeline, "max_batch", 32, 1, 256, "pipeline", problems)
+        limits["batches_in_flight"] = _bounded(pipeline, "batches_in_flight", 0, 0, 64, "pipeline", problems)
         limits["health_interval_s"] = float(_bounded(pipeline, "health_interval_s", 1.0, 0.05, 60, "pipeline", problems,
                                                      integer=False))
         limits["health_timeout_s"] = float(_bounded(pipeline, "health_timeout_s", 2.0, 0.05, 60, "pipeline", problems,

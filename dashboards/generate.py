@@ -142,19 +142,19 @@ def _latency_panels() -> list[timeseries.Panel]:
     queue = _quantiles(
         "boltpipe_worker_queue_seconds", WORKER, "node, phase", (0.95,), "{{node}} {{phase}}"
     )
-    batch = _quantiles("boltpipe_worker_batch_size", WORKER, "node", (0.5, 0.95), "{{node}}")
     return [
         _timeseries(
             "Decode compute latency p50 / p95 / p99",
             "s",
             compute("decode"),
-            "Time each worker spends computing its layers for one decode step.",
+            "Time of one decode forward pass through each worker's layers, however many sessions it "
+            "batches: the per-token latency each of those sessions sees at that node.",
         ),
         _timeseries(
             "Prefill compute latency p50 / p95 / p99",
             "s",
             compute("prefill"),
-            "Time each worker spends computing its layers for one prefill step.",
+            "Time of one prefill forward pass (a prompt chunk) through each worker's layers.",
         ),
         _timeseries(
             "Queue time p95 per node",
@@ -162,8 +162,30 @@ def _latency_panels() -> list[timeseries.Panel]:
             queue,
             "How long a step waits in a worker's queue before its compute starts.",
         ),
-        _timeseries("Batch size p50 / p95", "short", batch, "Steps a worker computes together."),
+        _batch_panel(),
     ]
+
+
+def mean_decode_batch() -> str:
+    """Sessions per decode forward pass on each node: rate of the histogram's sum over its count."""
+    matchers = f'phase="decode", {WORKER}'
+    return (
+        f"{_sum_rate('boltpipe_worker_batch_size_sum', matchers, 'node')} / "
+        f"{_sum_rate('boltpipe_worker_batch_size_count', matchers, 'node')}"
+    )
+
+
+def _batch_panel() -> timeseries.Panel:
+    p95 = _quantiles(
+        "boltpipe_worker_batch_size", 'phase="decode", ' + WORKER, "node", (0.95,), "{{node}}"
+    )
+    return _timeseries(
+        "Decode batch size per node: mean / p95",
+        "short",
+        [(mean_decode_batch(), "{{node}} mean"), *p95],
+        "Sessions each worker computes together in one decode forward pass (prefill chunks are "
+        "one session each).",
+    )
 
 
 def _hop_panel(phase: str) -> timeseries.Panel:

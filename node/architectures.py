@@ -18,6 +18,9 @@ class Family:
     model_type: str
     examples: str        # checkpoints people run
     notes: str = ""      # what is particular about it (the README's table shows this)
+    # Why a worker computes its sessions one at a time instead of batching them (tests/
+    # test_batched_stages.py checks that every other family batches exactly, and that this still fails).
+    unbatched: str = ""
 
 
 FAMILIES = {f.model_type: f for f in (
@@ -29,7 +32,8 @@ FAMILIES = {f.model_type: f for f in (
     Family("qwen3_next", "Qwen3-Next-80B-A3B", "linear attention (gated delta) + full attention, experts"),
     Family("mixtral", "Mixtral 8x7B, 8x22B", "mixture of experts"),
     Family("phi3", "Phi-3, Phi-4"),
-    Family("gemma2", "Gemma 2", "logit soft-capping"),
+    Family("gemma2", "Gemma 2", "logit soft-capping",
+           unbatched="mlx-lm's gemma2 attention cannot apply a batched mask to its grouped queries"),
     Family("gemma3_text", "Gemma 3 (text)", "sliding-window and global layers"),
     Family("gemma3", "Gemma 3 (vision-language checkpoints, served as text)", "text_config"),
     Family("mistral3", "Mistral Small 3.x, Magistral (vision-language checkpoints, served as text)",
@@ -92,3 +96,9 @@ def unsupported_reason(model_type: object) -> str | None:
     nearest = nearest_family(model_type)
     return (f"model_type {model_type!r} is not served: {missing}; the nearest supported family is {nearest!r} "
             f"({FAMILIES[nearest].examples}). Supported: {', '.join(SUPPORTED_MODEL_TYPES)} (README, Supported models)")
+
+
+def batch_problem(model_type: str) -> str | None:
+    """Why a stage of this family must not batch sessions (None: it may)."""
+    family = FAMILIES.get(model_type)
+    return family.unbatched or None if family else None

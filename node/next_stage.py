@@ -1,4 +1,5 @@
-"""The long-lived Steps stream from this stage to the next one."""
+"""The long-lived Steps stream from this stage to the next one (StepGroups: a batch computed here
+goes on as one group, a lone step as a group of one)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ class NextStageLink:
         self._machine_id = machine_id
         self.clock = ClockOffset()
         self._channel: grpc.aio.Channel | None = None
-        self._queue: asyncio.Queue[pb.Step | None] | None = None
+        self._queue: asyncio.Queue[pb.StepGroup | None] | None = None
         self._reader: asyncio.Task | None = None
         self._clock_sync: asyncio.Task | None = None
 
     def _open(self) -> None:
         self._channel = self._auth.channel(self.address)
         stub = pb_grpc.WorkerStub(self._channel)
-        queue: asyncio.Queue[pb.Step | None] = asyncio.Queue()
+        queue: asyncio.Queue[pb.StepGroup | None] = asyncio.Queue()
         self._queue = queue
         call = stub.Steps(self._drain(queue))
         self._reader = asyncio.create_task(self._read_acks(call, queue))
@@ -46,9 +47,9 @@ class NextStageLink:
             self._clock_sync.cancel()
         self._clock_sync = asyncio.create_task(sync_clock(stub, self.clock, self._machine_id))
 
-    async def _drain(self, queue: asyncio.Queue) -> AsyncIterator[pb.Step]:
-        while (step := await queue.get()) is not None:
-            yield step
+    async def _drain(self, queue: asyncio.Queue) -> AsyncIterator[pb.StepGroup]:
+        while (group := await queue.get()) is not None:
+            yield group
 
     async def _read_acks(self, call, queue: asyncio.Queue) -> None:
         try:
@@ -66,15 +67,18 @@ class NextStageLink:
         if self._queue is queue:
             self._queue = None
         while not queue.empty():
-            step = queue.get_nowait()
-            if step is not None:
+            group = queue.get_nowait()
+            for step in group.steps if group is not None else ():
                 self._on_lost(step, f"next stage {self.address} unreachable ({reason})")
 
     def send(self, step: pb.Step) -> None:
+        self.send_group([step])
+
+    def send_group(self, steps: list[pb.Step]) -> None:
         if self._queue is None:
             self._open()
         assert self._queue is not None
-        self._queue.put_nowait(step)
+        self._queue.put_nowait(pb.StepGroup(steps=steps))
 
     async def close(self) -> None:
         if self._queue is not None:

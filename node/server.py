@@ -24,12 +24,13 @@ from node.next_stage import NextStageLink
 from node.results_hub import ResultsHub
 from node.sessions import SessionStore
 from node.backends import load_backend_stage
+from node.blas import blas_in_use
 from node.stage_model import LayerRange
 from node.stage_runner import StageRunner, StepError, StepRefused
 from node.step_validation import (StepLimits, reportable, shard_problem, slice_fits_model, step_limits,
                                   validate_end_session, validate_results_request, validate_slice_spec, validate_step)
 from node.step_queue import StepQueue
-from node.worker_metrics import WorkerMetrics, step_tokens
+from node.worker_metrics import WorkerMetrics, step_phase, step_tokens
 from proto import MAX_STEP_TOKENS, PROTOCOL_VERSION
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_SESSIONS = 64
 IDLE_SWEEP_S = 30.0
 INLINE_STEP_TOKENS = 8
+MAX_GROUP_STEPS = 256   # steps in one StepGroup (a coordinator sends at most its max_batch)
 
 
 class LoadedSlice:
@@ -57,7 +59,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.listen_host = listen_host
         self.idle_timeout_s = idle_timeout_s
         self.started = time.monotonic()
-        self._recent_ms: collections.deque[float] = collections.deque(maxlen=64)  # decode-sized steps
+        self._recent_ms: collections.deque[float] = collections.deque(maxlen=64)  # decode-sized passes
+        self._recent_rows: collections.deque[int] = collections.deque(maxlen=64)  # their sessions
+        self._groups = 0  # StepGroups received: tags the steps that may be batched together
+        self._blas = blas_in_use()
         self._steps_done = 0
         self._machine = sysinfo.machine_model()
         self._machine_id = sysinfo.machine_id()
@@ -109,6 +114,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             recent_step_ms=statistics.median(self._recent_ms) if self._recent_ms else 0.0,
             steps_done=self._steps_done,
             metrics_port=self.metrics_port,
+            blas=self._blas,
+            recent_batch_size=statistics.mean(self._recent_rows) if self._recent_rows else 0.0,
             interfaces=[pb.NetInterface(name=i.name, address=i.address, prefix_len=i.prefix_len, kind=i.kind)
                         for i in listening_interfaces(self.listen_host, local_interfaces())],
         )
@@ -218,23 +225,41 @@ class WorkerService(pb_grpc.WorkerServicer):
     # ---- data plane ----------------------------------------------------
 
     async def Steps(self, request_iterator, context):
-        async for step in request_iterator:
+        async for group in request_iterator:
             recv_ns = time.time_ns()
-            if self.slice is None:
-                self.metrics.error("no_slice")
-                yield pb.StepAck(error="no slice loaded")
-                self._report(step, "worker has no slice loaded", stage_lost=True)
-                continue
-            if problem := validate_step(step, self.slice.limits):
-                # Refused before the queue: no session is touched, so garbage that names a live
-                # session cannot end it or shift its cache. Only its reply_to hears of it.
-                self.metrics.error("invalid_step")
-                yield pb.StepAck(error=problem)
-                if reportable(step):
-                    self._report(step, problem)
-                continue
-            self.metrics.received_step(step, recv_ns, hop_ns(step.timings[-1], recv_ns) if step.timings else None)
-            self._inbox.put(step.session_id, (step, recv_ns), small=self._is_small(step))
+            accepted = []
+            for step in group.steps:
+                if problem := self._refusal(step, group):
+                    yield pb.StepAck(error=problem, session_id=step.session_id)
+                    continue
+                self.metrics.received_step(step, recv_ns, hop_ns(step.timings[-1], recv_ns) if step.timings else None)
+                accepted.append(step)
+            # Steps of one token from two or more sessions may be computed as one batch.
+            self._groups += 1
+            batchable = len(accepted) > 1
+            for step in accepted:
+                together = batchable and step_tokens(step) == 1
+                self._inbox.put(step.session_id, (step, recv_ns), small=self._is_small(step),
+                                group=self._groups if together else None)
+
+    def _refusal(self, step: pb.Step, group: pb.StepGroup) -> str | None:
+        """Why a received step is refused before the queue (None: it is queued)."""
+        if self.slice is None:
+            self.metrics.error("no_slice")
+            self._report(step, "worker has no slice loaded", stage_lost=True)
+            return "no slice loaded"
+        problem = validate_step(step, self.slice.limits)
+        if problem is None and len(group.steps) > MAX_GROUP_STEPS:
+            problem = f"a group carries {len(group.steps)} steps, more than {MAX_GROUP_STEPS}"
+        if problem is None and sum(s.session_id == step.session_id for s in group.steps) > 1:
+            problem = f"session {step.session_id!r} has more than one step in a group"
+        if problem is not None:
+            # Refused before the queue: no session is touched, so garbage that names a live
+            # session cannot end it or shift its cache. Only its reply_to hears of it.
+            self.metrics.error("invalid_step")
+            if reportable(step):
+                self._report(step, problem)
+        return problem
 
     async def Results(self, request: pb.ResultsRequest, context):
         if problem := validate_results_request(request):
@@ -267,10 +292,10 @@ class WorkerService(pb_grpc.WorkerServicer):
         return 0 < step_tokens(step) <= INLINE_STEP_TOKENS
 
     @staticmethod
-    def _timed_run(runner: StageRunner, step: pb.Step):
-        # Timestamps taken on the compute thread: thread hand-offs count as overhead, not compute.
+    def _timed(work, *args):
+        # Timestamps taken where the work runs: thread hand-offs count as overhead, not compute.
         start = time.time_ns()
-        out = runner.run(step)
+        out = work(*args)
         return out, start, time.time_ns()
 
     def _fail_session(self, current: LoadedSlice, step: pb.Step, error: str) -> None:
@@ -281,70 +306,124 @@ class WorkerService(pb_grpc.WorkerServicer):
         self._report(step, error)
 
     async def _compute_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            step, recv_ns = await self._inbox.get()
+            items = await self._inbox.take()
             current = self.slice
             if current is None:
-                self.metrics.error("no_slice")
-                self._report(step, "worker has no slice loaded", stage_lost=True)
+                for step, _ in items:
+                    self.metrics.error("no_slice")
+                    self._report(step, "worker has no slice loaded", stage_lost=True)
                 continue
-            timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns)
-            try:
-                if self._is_small(step):
-                    # A decode-sized step runs right here: two thread hand-offs would cost
-                    # more than the loop being busy for one short step.
-                    out, timing.compute_start_ns, timing.compute_end_ns = self._timed_run(current.runner, step)
-                else:
-                    out, timing.compute_start_ns, timing.compute_end_ns = await loop.run_in_executor(
-                        self.compute, self._timed_run, current.runner, step
-                    )
-            except StepRefused as exc:
-                # The session was not touched (unknown, ended, another position): it goes on, and
-                # only the step's reply_to hears of the refusal.
-                self.metrics.error("invalid_step")
-                self._report(step, str(exc))
-                continue
-            except StepError as exc:
-                self.metrics.error("invalid_step")
-                self._fail_session(current, step, str(exc))
-                continue
-            except Exception as exc:  # never let one bad step stop the worker
-                log.exception("step failed")
-                self.metrics.error("internal")
-                self._fail_session(current, step, f"internal error: {exc}")
-                continue
-            self._steps_done += 1
-            self.metrics.computed(step, timing, sampled=out.token is not None)
-            if self._is_small(step):
-                self._recent_ms.append((timing.compute_end_ns - timing.compute_start_ns) / 1e6)
-            timings = list(step.timings) + [timing]
-            if current.link is None:
-                timing.send_ns = time.time_ns()
-                result = pb.StepResult(session_id=step.session_id, step_id=step.step_id, token_id=-1, timings=timings,
-                                       decode=step.decode)
-                if out.token is not None:
-                    result.token_id = out.token.token_id
-                    result.logprob = out.token.logprob
-                    result.top_logprobs.extend(pb.TopLogprob(token_id=t, logprob=lp) for t, lp in out.token.top)
-                self.metrics.sent_message(result)
-                self.hub.publish(step.reply_to, result)
+            current.runner.sessions.settle()  # batches that lost a member, between steps
+            if len(items) == 1:
+                await self._compute_one(current, *items[0])
             else:
-                current.link.clock.stamp(timing)
-                timing.send_ns = time.time_ns()
-                forward = pb.Step(
-                    session_id=step.session_id,
-                    step_id=step.step_id,
-                    position=step.position,
-                    hidden=out.hidden,
-                    want_token=step.want_token,
-                    sampling=step.sampling,
-                    reply_to=step.reply_to,
-                    timings=timings,
-                    decode=step.decode,
-                )
-                self.metrics.sent_message(forward)
-                current.link.send(forward)
+                await self._compute_group(current, items)
+
+    async def _compute_one(self, current: LoadedSlice, step: pb.Step, recv_ns: int) -> None:
+        timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns)
+        try:
+            if self._is_small(step):
+                # A decode-sized step runs right here: two thread hand-offs would cost
+                # more than the loop being busy for one short step.
+                out, timing.compute_start_ns, timing.compute_end_ns = self._timed(current.runner.run, step)
+            else:
+                out, timing.compute_start_ns, timing.compute_end_ns = await asyncio.get_running_loop().run_in_executor(
+                    self.compute, self._timed, current.runner.run, step)
+        except StepRefused as exc:
+            # The session was not touched (unknown, ended, another position): it goes on, and
+            # only the step's reply_to hears of the refusal.
+            self.metrics.error("invalid_step")
+            self._report(step, str(exc))
+            return
+        except StepError as exc:
+            self.metrics.error("invalid_step")
+            self._fail_session(current, step, str(exc))
+            return
+        except Exception as exc:  # never let one bad step stop the worker
+            log.exception("step failed")
+            self.metrics.error("internal")
+            self._fail_session(current, step, f"internal error: {exc}")
+            return
+        self.metrics.computed(step, timing, sampled=out.token is not None)
+        self._note_pass(step, timing, rows=1)
+        forward = self._deliver(current, step, out, timing)
+        if forward is not None:
+            current.link.send(forward)
+
+    async def _compute_group(self, current: LoadedSlice, items: list[tuple[pb.Step, int]]) -> None:
+        """One-token steps of several sessions, as one batched forward pass. It runs on the loop, like
+        a lone decode step: the sessions' sampling state lives on this thread (MLX's streams belong
+        to a thread, and arrays a step leaves lazy must be evaluated where they were made)."""
+        steps = [step for step, _ in items]
+        try:
+            outcomes, start_ns, end_ns = self._timed(current.runner.run_group, steps)
+        except Exception as exc:  # the forward pass itself failed: every row's cache is in doubt
+            log.exception("batched step of %d sessions failed", len(steps))
+            self.metrics.error("internal")
+            for step in steps:
+                self._fail_session(current, step, f"internal error: {exc}")
+            return
+        computed = [(step, recv_ns, out) for (step, recv_ns), out in zip(items, outcomes)
+                    if not isinstance(out, StepRefused)]
+        for step, out in zip(steps, outcomes):
+            if isinstance(out, StepRefused):
+                self.metrics.error("invalid_step")
+                self._report(step, str(out))
+        if not computed:
+            return
+        forwards = []
+        for step, recv_ns, out in computed:
+            timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns,
+                                    compute_start_ns=start_ns, compute_end_ns=end_ns)
+            self.metrics.computed(step, timing, sampled=out.token is not None)
+            forward = self._deliver(current, step, out, timing)
+            if forward is not None:
+                forwards.append(forward)
+        # A pass of several sessions is decode work if any row is (the coordinator groups decode steps).
+        phase = "decode" if any(step.decode for step, _, _ in computed) else "prefill"
+        self._note_pass(computed[0][0], timing, rows=len(computed), phase=phase)
+        if forwards:
+            current.link.send_group(forwards)
+
+    def _note_pass(self, step: pb.Step, timing: pb.StageTiming, *, rows: int, phase: str | None = None) -> None:
+        """Bookkeeping of one forward pass of `rows` sessions (each row's own metrics are done)."""
+        self._steps_done += rows
+        seconds = (timing.compute_end_ns - timing.compute_start_ns) / 1e9
+        self.metrics.forward_pass(rows, phase or step_phase(step), seconds)
+        if self._is_small(step):
+            self._recent_ms.append(seconds * 1000)
+            self._recent_rows.append(rows)
+
+    def _deliver(self, current: LoadedSlice, step: pb.Step, out, timing: pb.StageTiming) -> pb.Step | None:
+        """Publishes a last stage's result; on other stages returns the step to forward."""
+        timings = list(step.timings) + [timing]
+        if current.link is None:
+            timing.send_ns = time.time_ns()
+            result = pb.StepResult(session_id=step.session_id, step_id=step.step_id, token_id=-1, timings=timings,
+                                   decode=step.decode)
+            if out.token is not None:
+                result.token_id = out.token.token_id
+                result.logprob = out.token.logprob
+                result.top_logprobs.extend(pb.TopLogprob(token_id=t, logprob=lp) for t, lp in out.token.top)
+            self.metrics.sent_message(result)
+            self.hub.publish(step.reply_to, result)
+            return None
+        current.link.clock.stamp(timing)
+        timing.send_ns = time.time_ns()
+        forward = pb.Step(
+            session_id=step.session_id,
+            step_id=step.step_id,
+            position=step.position,
+            hidden=out.hidden,
+            want_token=step.want_token,
+            sampling=step.sampling,
+            reply_to=step.reply_to,
+            timings=timings,
+            decode=step.decode,
+        )
+        self.metrics.sent_message(forward)
+        return forward
 
     async def _sweep_idle(self) -> None:
         while True:

@@ -1,5 +1,6 @@
 """Per-session KV caches on one worker: created at a session's first step, freed on
-EndSession or after sitting idle, bounded in count and bytes."""
+EndSession or after sitting idle, bounded in count and bytes. Sessions computed together hold
+their caches in a SessionBatch (node/session_batches.py) between steps."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Callable
 
 import mlx.core as mx
 
+from node.session_batches import SessionBatch
 
 ENDED_MEMORY = 4096  # ended session ids remembered
 
@@ -21,14 +23,15 @@ class SessionError(Exception):
 @dataclass
 class Session:
     session_id: str
-    cache: list
+    cache: list | None              # None while the session's rows live in `batch`
     position: int = 0               # the position the next step must start at
     key: mx.array | None = None     # sampling key chain (last stage only)
     last_used: float = field(default_factory=time.monotonic)
     steps: int = 0
+    batch: SessionBatch | None = None
 
     def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.cache)
+        return sum(c.nbytes for c in self.cache) if self.cache is not None else 0
 
 
 class SessionStore:
@@ -48,6 +51,7 @@ class SessionStore:
         # Sessions ended here recently: a step still travelling the ring for one of them must not
         # open it again (it would hold a cache nobody will ever end).
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._batches: list[SessionBatch] = []
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -79,7 +83,42 @@ class SessionStore:
             self._ended.move_to_end(sid)
         while len(self._ended) > ENDED_MEMORY:
             self._ended.popitem(last=False)
-        return sum(self._sessions.pop(sid, None) is not None for sid in session_ids)
+        ended = [s for sid in session_ids if (s := self._sessions.pop(sid, None)) is not None]
+        for session in ended:
+            # Only marked here (EndSession runs beside the compute thread): settle() takes it apart.
+            if session.batch is not None:
+                session.batch.stale = True
+        return len(ended)
+
+    # -- batches: called between steps, never while one computes -----------------------------------
+
+    def settle(self) -> None:
+        """Takes apart batches that lost a member, giving the others their own caches back."""
+        for batch in [b for b in self._batches if b.stale]:
+            self._release(batch)
+
+    def own_cache(self, session: Session) -> list:
+        """The session's own cache (its batch, if any, is taken apart first)."""
+        if session.batch is not None:
+            self._release(session.batch)
+        return session.cache
+
+    def batch_for(self, sessions: list[Session]) -> SessionBatch:
+        """The batch of exactly these sessions: the one they already form, else a new merge (the
+        batches any of them was in are taken apart first). Its rows may come in another order."""
+        current = sessions[0].batch
+        if current is not None and current.same_members(sessions):
+            return current
+        for session in sessions:
+            if session.batch is not None:
+                self._release(session.batch)
+        batch = SessionBatch(sessions)
+        self._batches.append(batch)
+        return batch
+
+    def _release(self, batch: SessionBatch) -> None:
+        batch.release(keep=lambda s: self._sessions.get(s.session_id) is s)
+        self._batches.remove(batch)
 
     def end_idle(self, now: float | None = None) -> list[str]:
         now = time.monotonic() if now is None else now
@@ -88,4 +127,4 @@ class SessionStore:
         return idle
 
     def kv_bytes(self) -> int:
-        return sum(s.nbytes() for s in self._sessions.values())
+        return sum(s.nbytes() for s in self._sessions.values()) + sum(b.nbytes for b in self._batches)

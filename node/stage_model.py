@@ -12,6 +12,12 @@ here is written per architecture; node/architectures.py lists the families the t
 
 Caches of the layers outside the stage are stand-ins that know the session's position, so masks
 the forward builds from another layer's cache are right here too.
+
+Batched decode (one token for each of several sessions) runs the same way with mlx-lm's batched
+caches (BatchKVCache and friends, merged by node/session_batches.py): a layer outside the stage
+stands in with the stage's own batched cache of the same kind, whose per-row offsets and left
+padding give the mask the family's forward builds from it; a kind the stage holds none of gets an
+empty batched cache (its mask only serves layers elsewhere).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import _get_classes, load_model
 
+from node.architectures import batch_problem as family_batch_problem
 from node.model_config import ModelDirError, read_model_info
 from node.tensor_names import EMBEDDING, HEAD, LAYER, tensor_role
 
@@ -123,6 +130,11 @@ class StageModel:
         if not holds_embedding and isinstance(getattr(self._inner, "embed_tokens", None), nn.Module):
             self._inner.embed_tokens = _NoEmbedding(int(self._hidden_size()))
         self._outside = make_prompt_cache(full_model)  # stand-in caches of the other layers
+        kinds = [_cache_kind(c) for c in self._outside]
+        # For batched steps: a stage layer whose cache can stand in for layer i's (same kind).
+        self._twin = {i: next((j for j in range(layers.start, layers.end) if kinds[j] == kind), None)
+                      for i, kind in enumerate(kinds)}
+        self.batch_problem = _batch_problem(make_prompt_cache(full_model))
 
     def _hidden_size(self) -> int:
         args = getattr(self._inner, "args", None) or getattr(self._full, "args", None)
@@ -172,9 +184,24 @@ class StageModel:
         finally:
             self._inner.layers = real
 
-    def _record(self, ids: mx.array, cache: list | None, position: int, stop_at: int) -> dict:
+    def _batch_caches(self, cache: list, rows: int) -> list:
+        start, end = self.layer_range.start, self.layer_range.end
+        fresh = make_prompt_cache(self._full)
+        out = []
+        for i in range(len(fresh)):
+            twin = self._twin[i]
+            if start <= i < end:
+                out.append(cache[i - start])
+            elif twin is not None:
+                out.append(cache[twin - start])
+            else:
+                out.append(fresh[i].merge([fresh[i]] * rows))
+        return out
+
+    def _record(self, ids: mx.array, cache: list | None, position: int, stop_at: int, *,
+                batched: bool = False) -> dict:
         book: dict = {}
-        caches = self._caches(cache, position)
+        caches = self._batch_caches(cache, ids.shape[0]) if batched else self._caches(cache, position)
         self._forward(ids, [_StandIn(layer, i, book, stop_at) for i, layer in enumerate(self._all_layers)], caches)
         return book
 
@@ -194,7 +221,18 @@ class StageModel:
         start, end = self.layer_range.start, self.layer_range.end
         self._set_input_dtype(h.dtype)
         book = self._record(mx.zeros(h.shape[:2], dtype=mx.int32), cache, position, stop_at=end - 1)
-        for i, layer in enumerate(self.layers, start):
+        return self._run_recorded(h, book)
+
+    def run_layers_batched(self, h: mx.array, cache: list) -> mx.array:
+        """This stage's layers over `h` (rows, 1, hidden): one token of each session of a batch, whose
+        merged caches (one per stage layer) know every row's position."""
+        self._set_input_dtype(h.dtype)
+        book = self._record(mx.zeros(h.shape[:2], dtype=mx.int32), cache, 0, stop_at=self.layer_range.end - 1,
+                            batched=True)
+        return self._run_recorded(h, book)
+
+    def _run_recorded(self, h: mx.array, book: dict) -> mx.array:
+        for i, layer in enumerate(self.layers, self.layer_range.start):
             _, args, kwargs = book[i]
             h = layer(h, *args, **kwargs)
         return h
@@ -209,6 +247,29 @@ class StageModel:
             return self._full(mx.zeros(h.shape[:2], dtype=mx.int32), cache=caches)
         finally:
             self._inner.layers = real
+
+
+def _cache_kind(cache) -> tuple:
+    """What makes two layers' caches interchangeable for building a mask: their type and window."""
+    inner = getattr(cache, "caches", None)
+    nested = tuple(_cache_kind(c) for c in inner) if isinstance(inner, (list, tuple)) else ()
+    return (type(cache).__name__, getattr(cache, "max_size", None), getattr(cache, "keep", None), nested)
+
+
+def _batch_problem(caches: list) -> str | None:
+    """Why this model's sessions cannot share one batch (None: they can): mlx-lm must merge each
+    kind of cache into a batched one and extract a session back out of it."""
+    for cache in caches:
+        name = type(cache).__name__
+        if getattr(cache, "keep", 0):
+            return f"its {name} keeps the first {cache.keep} tokens, which mlx-lm's batched cache does not"
+        try:
+            merged = cache.merge([cache, cache])
+        except Exception as exc:  # mlx-lm raises several kinds for caches it cannot batch
+            return f"mlx-lm cannot batch its {name} ({exc or type(exc).__name__})"
+        if not hasattr(merged, "extract"):
+            return f"mlx-lm cannot take a session back out of a batched {name}"
+    return None
 
 
 def slice_weight_bytes(stage: StageModel) -> int:
@@ -246,6 +307,7 @@ def load_stage(model_path: str | Path, layers: LayerRange, progress: ProgressFn 
     full_model, _config = load_model(info.path, lazy=True, strict=not partial,
                                      get_model_classes=_recording_classes(loaded))
     stage = StageModel(full_model, layers, info.num_layers, keep_layers=keep_layers)
+    stage.batch_problem = stage.batch_problem or family_batch_problem(info.model_type)
     if partial:
         _check_has_weights(info.path, stage, loaded, shard=info.is_shard)
     total = sum(v.nbytes for _, v in stage.params)

@@ -1,5 +1,6 @@
-"""Runs one Step through this worker's slice. Called on the worker's single compute
-thread: every MLX call of a worker happens there."""
+"""Runs Steps through this worker's slice: one at a time, or the one-token steps of several
+sessions as one batched forward pass. The worker's compute loop calls it for one step or group
+at a time, so two never run at once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 from node.sampling import SampledToken, new_key, sample
+from node.session_batches import evaluate
 from node.sessions import SessionError, SessionStore
 from node.stage_model import StageModel
 from node.wire import from_wire, to_wire
@@ -60,26 +62,88 @@ class StageRunner:
         except ValueError as exc:
             raise StepRefused(str(exc)) from exc
 
-    def run(self, step: pb.Step) -> StepOutput:
-        h = self._input(step)
-        n = h.shape[1]
+    def _session(self, step: pb.Step):
         try:
-            session = self.sessions.for_step(step.session_id, step.position)
+            return self.sessions.for_step(step.session_id, step.position)
         except SessionError as exc:
             raise StepRefused(str(exc)) from exc
-        h = self.stage.run_layers(h, session.cache, session.position)
+
+    def run(self, step: pb.Step) -> StepOutput:
+        h = self._input(step)
+        return self._run_one(step, h, self._session(step))
+
+    def _run_one(self, step: pb.Step, h: mx.array, session) -> StepOutput:
+        n = h.shape[1]
+        cache = self.sessions.own_cache(session)
+        h = self.stage.run_layers(h, cache, session.position)
         out = StepOutput(num_tokens=n)
         if not self.stage.is_last:
             mx.eval(h)
             out.hidden = to_wire(h)
         elif step.want_token:
-            if session.key is None and step.sampling.temperature > 0:
-                session.key = new_key(step.sampling)
-            logits = self.stage.head(h[:, -1:, :])[:, -1, :]
-            out.token, session.key = sample(logits, step.sampling, session.key)
+            out.token = self._sample(self.stage.head(h[:, -1:, :])[:, -1, :], step, session)
         else:
             # A prefill chunk: only the caches need computing (as mlx-lm's prefill does).
-            mx.eval([c.state for c in session.cache])
+            mx.eval([c.state for c in cache])
         session.position += n
         session.steps += 1
         return out
+
+    @staticmethod
+    def _sample(logits: mx.array, step: pb.Step, session) -> SampledToken:
+        if session.key is None and step.sampling.temperature > 0:
+            session.key = new_key(step.sampling)
+        token, session.key = sample(logits, step.sampling, session.key)
+        return token
+
+    @property
+    def can_batch(self) -> bool:
+        return getattr(self.stage, "batch_problem", "this backend computes one session at a time") is None
+
+    def run_group(self, steps: list[pb.Step]) -> list[StepOutput | StepRefused]:
+        """The one-token steps of different sessions, as one forward pass: an outcome per step, in
+        order. A step refused on its own (its input, its session's position) leaves the others to
+        run; an exception from the forward pass itself concerns them all and is raised."""
+        outcomes: list[StepOutput | StepRefused | None] = [None] * len(steps)
+        rows = []
+        seen: set[str] = set()
+        for i, step in enumerate(steps):
+            try:
+                if step.session_id in seen:
+                    raise StepRefused(f"session {step.session_id!r} appears twice in one group")
+                h = self._input(step)
+                if h.shape[1] != 1:
+                    raise StepRefused(f"a step of a group carries one token, not {h.shape[1]}")
+                rows.append((i, step, h, self._session(step)))
+                seen.add(step.session_id)
+            except StepRefused as exc:
+                outcomes[i] = exc
+        if len(rows) == 1 or (rows and not self.can_batch):
+            for i, step, h, session in rows:
+                outcomes[i] = self._run_one(step, h, session)
+        elif rows:
+            for i, out in self._run_batched(rows):
+                outcomes[i] = out
+        return outcomes
+
+    def _run_batched(self, rows: list) -> list[tuple[int, StepOutput]]:
+        batch = self.sessions.batch_for([session for *_, session in rows])
+        order = {id(session): row for row, session in enumerate(batch.sessions)}
+        rows = sorted(rows, key=lambda r: order[id(r[3])])
+        h = self.stage.run_layers_batched(mx.concatenate([r[2] for r in rows], axis=0), batch.caches)
+        outs = [StepOutput(num_tokens=1) for _ in rows]
+        if not self.stage.is_last:
+            mx.eval(h)
+            for row, out in enumerate(outs):
+                out.hidden = to_wire(h[row:row + 1])
+        elif wanted := [row for row, r in enumerate(rows) if r[1].want_token]:
+            logits = self.stage.head(h[mx.array(wanted)])[:, -1, :]
+            mx.eval(logits)
+            for k, row in enumerate(wanted):
+                _, step, _, session = rows[row]
+                outs[row].token = self._sample(logits[k:k + 1], step, session)
+        evaluate(batch.caches)  # offsets and the like, which the outputs do not depend on
+        for _, _, _, session in rows:
+            session.position += 1
+            session.steps += 1
+        return [(r[0], out) for r, out in zip(rows, outs)]

@@ -4,6 +4,11 @@ Steps of one session run in arrival order (positions must follow each other). Ac
 sessions, decode-sized steps go before prompt chunks, so one long prompt does not
 freeze every other stream; a waiting prompt chunk still runs after at most
 `decode_burst` decode steps, so prompts are never starved either.
+
+Steps that arrived in one StepGroup carry its group number: when the step chosen next heads a
+group, the heads of the other sessions' queues from the same group come with it, to be computed
+as one batch (a session's step never overtakes its own earlier steps, so a member stuck behind
+one is left for later).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ class _Pending(Generic[Item]):
     item: Item
     small: bool
     arrival: int
+    group: int | None
 
 
 @dataclass
@@ -34,9 +40,11 @@ class StepQueue(Generic[Item]):
     def __len__(self) -> int:
         return sum(len(q) for q in self._by_session.values())
 
-    def put(self, session_id: str, item: Item, *, small: bool) -> None:
+    def put(self, session_id: str, item: Item, *, small: bool, group: int | None = None) -> None:
+        """`group`: the number of the StepGroup the step came in, when it may be batched with the
+        group's other steps (None: it runs alone)."""
         self._arrivals += 1
-        self._by_session.setdefault(session_id, deque()).append(_Pending(item, small, self._arrivals))
+        self._by_session.setdefault(session_id, deque()).append(_Pending(item, small, self._arrivals, group))
         self._ready.set()
 
     def drop(self, session_id: str) -> list[Item]:
@@ -44,10 +52,18 @@ class StepQueue(Generic[Item]):
         pending = self._by_session.pop(session_id, None)
         return [p.item for p in pending] if pending else []
 
-    def pop_nowait(self) -> Item | None:
+    def _pop(self, session_id: str) -> _Pending[Item]:
+        queue = self._by_session[session_id]
+        pending = queue.popleft()
+        if not queue:
+            del self._by_session[session_id]
+        return pending
+
+    def take_nowait(self) -> list[Item]:
+        """The next step to compute, with the steps of its group that can join it; [] when empty."""
         heads = [(sid, q[0]) for sid, q in self._by_session.items()]
         if not heads:
-            return None
+            return []
         decodes = [h for h in heads if h[1].small]
         chunks = [h for h in heads if not h[1].small]
         if decodes and (not chunks or self._decodes_since_chunk < self.decode_burst):
@@ -56,16 +72,17 @@ class StepQueue(Generic[Item]):
         else:
             session_id, _ = min(chunks, key=lambda h: h[1].arrival)
             self._decodes_since_chunk = 0
-        queue = self._by_session[session_id]
-        pending = queue.popleft()
-        if not queue:
-            del self._by_session[session_id]
-        return pending.item
+        first = self._pop(session_id)
+        if first.group is None:
+            return [first.item]
+        mates = sorted((h for h in heads if h[0] != session_id and h[1].group == first.group),
+                       key=lambda h: h[1].arrival)
+        return [first.item] + [self._pop(sid).item for sid, _ in mates]
 
-    async def get(self) -> Item:
+    async def take(self) -> list[Item]:
         while True:
-            item = self.pop_nowait()
-            if item is not None:
-                return item
+            items = self.take_nowait()
+            if items:
+                return items
             self._ready.clear()
             await self._ready.wait()

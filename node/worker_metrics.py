@@ -3,6 +3,12 @@
 Every series carries the node's name and the stage it serves. A step's phase is "decode" when its
 input is a generated token (the coordinator marks it) and "prefill" otherwise: prompt chunks, and the
 step of the prompt's last token that samples the first new token.
+
+Two kinds of event are measured. A step (one session's row) is received, waits, is computed and sent:
+hop and queue times, step, token and byte counters are per step (`received_step`, `computed`,
+`sent_message`). A forward pass computes one or more sessions' steps together (batched decode):
+its compute time and its batch size are per pass (`forward_pass`), so a pass of 8 rows is one
+observation of its time, which is the per-token latency each of those sessions sees at this node.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ COMPUTE_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0
                    0.065, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 HOP_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
                0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Sessions in one forward pass: each size up to 4, then steps of 1.5x and 2x (6, 8, 12, ...).
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 ERROR_KINDS = ("invalid_step", "internal", "no_slice", "next_stage_unreachable", "refused_by_next_stage")
 PHASES = ("prefill", "decode")
 
@@ -39,15 +46,16 @@ class WorkerMetrics:
         self.node = node
         self.registry = registry or CollectorRegistry()
         r, labels = self.registry, ("node", "stage")
-        self.compute = Histogram("boltpipe_worker_compute_seconds", "time computing one step of the slice",
+        self.compute = Histogram("boltpipe_worker_compute_seconds",
+                                 "time of one forward pass through the slice, however many sessions it computes",
                                  labels + ("phase",), buckets=COMPUTE_BUCKETS, registry=r)
         self.queue = Histogram("boltpipe_worker_queue_seconds", "time a step waited on this worker before compute",
                                labels + ("phase",), buckets=COMPUTE_BUCKETS, registry=r)
         self.hop = Histogram("boltpipe_worker_hop_seconds",
                              "time from the previous stage's send (the coordinator's, on stage 0) to receipt here",
                              labels + ("phase",), buckets=HOP_BUCKETS, registry=r)
-        self.batch = Histogram("boltpipe_worker_batch_size", "sessions computed together in one step",
-                               labels, buckets=BATCH_BUCKETS, registry=r)
+        self.batch = Histogram("boltpipe_worker_batch_size", "sessions computed together in one forward pass",
+                               labels + ("phase",), buckets=BATCH_BUCKETS, registry=r)
         self.steps = Counter("boltpipe_worker_steps", "steps computed", labels + ("phase",), registry=r)
         self.tokens = Counter("boltpipe_worker_tokens", "token positions computed through the slice",
                               labels + ("phase",), registry=r)
@@ -65,9 +73,9 @@ class WorkerMetrics:
         for kind in ERROR_KINDS:
             self.errors.labels(self.node, self.stage, kind)
         for phase in PHASES:
-            for family in (self.compute, self.queue, self.hop, self.steps, self.tokens):
+            for family in (self.compute, self.queue, self.hop, self.batch, self.steps, self.tokens):
                 family.labels(self.node, self.stage, phase)
-        for family in (self.batch, self.sampled, self.received, self.sent):
+        for family in (self.sampled, self.received, self.sent):
             family.labels(self.node, self.stage)
 
     def received_step(self, step: pb.Step, recv_ns: int, hop_ns: int | None) -> None:
@@ -76,15 +84,21 @@ class WorkerMetrics:
             self.hop.labels(self.node, self.stage, step_phase(step)).observe(hop_ns / 1e9)
 
     def computed(self, step: pb.Step, timing: pb.StageTiming, *, sampled: bool) -> None:
+        """One session's step is computed (once per row of a batched pass): its queue time, the
+        step and its tokens. Its compute time is the pass's, observed once by forward_pass."""
         phase = step_phase(step)
         labels = (self.node, self.stage, phase)
         self.queue.labels(*labels).observe(max(0, timing.compute_start_ns - timing.recv_ns) / 1e9)
-        self.compute.labels(*labels).observe((timing.compute_end_ns - timing.compute_start_ns) / 1e9)
         self.steps.labels(*labels).inc()
         self.tokens.labels(*labels).inc(step_tokens(step))
-        self.batch.labels(self.node, self.stage).observe(1)  # steps of different sessions are not batched yet
         if sampled:
             self.sampled.labels(self.node, self.stage).inc()
+
+    def forward_pass(self, batch_size: int, phase: str, compute_s: float) -> None:
+        """One forward pass computed `batch_size` sessions' steps together in `compute_s` seconds."""
+        labels = (self.node, self.stage, phase)
+        self.batch.labels(*labels).observe(batch_size)
+        self.compute.labels(*labels).observe(max(0.0, compute_s))
 
     def sent_message(self, message) -> None:
         self.sent.labels(self.node, self.stage).inc(message.ByteSize())

@@ -21,7 +21,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces", "recent_step_ms", "steps_done", "metrics_port")
+    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces", "recent_step_ms", "steps_done", "metrics_port", "blas", "recent_batch_size")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOLTPIPE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,8 @@ class NodeInfo(_message.Message):
     RECENT_STEP_MS_FIELD_NUMBER: _ClassVar[int]
     STEPS_DONE_FIELD_NUMBER: _ClassVar[int]
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
+    BLAS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boltpipe_version: str
     protocol_version: int
@@ -64,7 +66,9 @@ class NodeInfo(_message.Message):
     recent_step_ms: float
     steps_done: int
     metrics_port: int
-    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., recent_step_ms: _Optional[float] = ..., steps_done: _Optional[int] = ..., metrics_port: _Optional[int] = ...) -> None: ...
+    blas: str
+    recent_batch_size: float
+    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., recent_step_ms: _Optional[float] = ..., steps_done: _Optional[int] = ..., metrics_port: _Optional[int] = ..., blas: _Optional[str] = ..., recent_batch_size: _Optional[float] = ...) -> None: ...
 
 class NetInterface(_message.Message):
     __slots__ = ("name", "address", "prefix_len", "kind")
@@ -218,6 +222,12 @@ class Step(_message.Message):
     decode: bool
     def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., want_token: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., reply_to: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., decode: _Optional[bool] = ...) -> None: ...
 
+class StepGroup(_message.Message):
+    __slots__ = ("steps",)
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[Step]
+    def __init__(self, steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ...) -> None: ...
+
 class TopLogprob(_message.Message):
     __slots__ = ("token_id", "logprob")
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -251,10 +261,12 @@ class StepResult(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., error: _Optional[str] = ..., failed_stage: _Optional[int] = ..., decode: _Optional[bool] = ..., stage_lost: _Optional[bool] = ...) -> None: ...
 
 class StepAck(_message.Message):
-    __slots__ = ("error",)
+    __slots__ = ("error", "session_id")
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     error: str
-    def __init__(self, error: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, error: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class ResultsRequest(_message.Message):
     __slots__ = ("reply_to",)

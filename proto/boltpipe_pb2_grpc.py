@@ -56,7 +56,7 @@ class WorkerStub:
                 _registered_method=True)
         self.Steps = channel.stream_stream(
                 '/boltpipe.v1.Worker/Steps',
-                request_serializer=proto_dot_boltpipe__pb2.Step.SerializeToString,
+                request_serializer=proto_dot_boltpipe__pb2.StepGroup.SerializeToString,
                 response_deserializer=proto_dot_boltpipe__pb2.StepAck.FromString,
                 _registered_method=True)
         self.Results = channel.unary_stream(
@@ -145,7 +145,7 @@ def add_WorkerServicer_to_server(servicer, server):
             ),
             'Steps': grpc.stream_stream_rpc_method_handler(
                     servicer.Steps,
-                    request_deserializer=proto_dot_boltpipe__pb2.Step.FromString,
+                    request_deserializer=proto_dot_boltpipe__pb2.StepGroup.FromString,
                     response_serializer=proto_dot_boltpipe__pb2.StepAck.SerializeToString,
             ),
             'Results': grpc.unary_stream_rpc_method_handler(
@@ -292,7 +292,7 @@ class Worker:
             request_iterator,
             target,
             '/boltpipe.v1.Worker/Steps',
-            proto_dot_boltpipe__pb2.Step.SerializeToString,
+            proto_dot_boltpipe__pb2.StepGroup.SerializeToString,
             proto_dot_boltpipe__pb2.StepAck.FromString,
             options,
             channel_credentials,

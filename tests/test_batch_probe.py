@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster.bench.batch_probe import library_at, probe
+from cluster.bench.batch_probe import probe
+from node.blas import library_at
 from tests.tiny_models import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -153,3 +153,24 @@ def test_prometheus_config_discovers_targets_from_files():
     (file_sd,) = job["file_sd_configs"]
     assert file_sd["files"] == ["targets/*.json"]
     assert file_sd["refresh_interval"] == "5s"
+
+
+def test_decode_batch_panel_plots_the_mean_per_node():
+    panels = {p["title"]: p for p in _all_panels(_dashboard()["panels"]) if p["type"] != "row"}
+    panel = panels["Decode batch size per node: mean / p95"]
+    targets = {t["legendFormat"]: t["expr"] for t in panel["targets"]}
+    decode = 'phase="decode", cluster=~"$cluster", node=~"$node"'
+    # The mean batch is the rate of the histogram's sum over the rate of its count, per node,
+    # over decode passes only (prefill chunks are one session each and would pull it to 1).
+    assert targets["{{node}} mean"] == (
+        f"sum by (node) (rate(boltpipe_worker_batch_size_sum{{{decode}}}[$__rate_interval])) / "
+        f"sum by (node) (rate(boltpipe_worker_batch_size_count{{{decode}}}[$__rate_interval]))"
+    )
+    assert targets["{{node}} p95"] == (
+        "histogram_quantile(0.95, sum by (node, le) "
+        f"(rate(boltpipe_worker_batch_size_bucket{{{decode}}}[$__rate_interval])))"
+    )
+    assert panel["fieldConfig"]["defaults"]["unit"] == "short"
+    # Decode latency per node stays the compute histogram's (one observation per forward pass).
+    latency = panels["Decode compute latency p50 / p95 / p99"]
+    assert all("boltpipe_worker_compute_seconds_bucket" in t["expr"] for t in latency["targets"])

@@ -285,7 +285,16 @@ def test_unknown_serve_key(tmp_path: Path) -> None:
 def test_unknown_pipeline_key(tmp_path: Path) -> None:
     problem = the_problem(valid(pipeline={"prefill_chunk": 64, "batch": 4}), tmp_path)
     assert problem == ("pipeline.batch: unknown field (allowed: prefill_chunk, kv_budget_mb, runtime_overhead_mb, "
-                       "health_interval_s, health_timeout_s)")
+                       "health_interval_s, health_timeout_s, max_batch, batches_in_flight)")
+
+
+def test_batching_settings_and_their_defaults(tmp_path: Path) -> None:
+    inv = parse_inventory(valid(), source=tmp_path / "inv.yaml")
+    assert (inv.max_batch, inv.batches_in_flight) == (32, 0)
+    inv = parse_inventory(valid(pipeline={"max_batch": 1, "batches_in_flight": 2}), source=tmp_path / "inv.yaml")
+    assert (inv.max_batch, inv.batches_in_flight) == (1, 2)
+    assert the_problem(valid(pipeline={"max_batch": 0}), tmp_path) == \
+        "pipeline.max_batch: expected an integer 1-256, got 0"
 
 
 def test_fault_and_security_settings_and_their_defaults(tmp_path: Path) -> None:

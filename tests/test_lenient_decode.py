@@ -70,7 +70,7 @@ def test_server_streaming_methods(method: str) -> None:
 
 def test_a_stream_is_refused_at_the_message_that_does_not_parse() -> None:
     async def body(channel) -> None:
-        good = pb.Step(session_id="s", token_ids=[1]).SerializeToString()
+        good = pb.StepGroup(steps=[pb.Step(session_id="s", token_ids=[1])]).SerializeToString()
         call = channel.stream_stream("/boltpipe.v1.Worker/Steps")(iter([good, GARBAGE]), timeout=10)
         acks = []
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -86,7 +86,8 @@ def test_a_stream_is_refused_at_the_message_that_does_not_parse() -> None:
 def test_valid_streams_are_untouched() -> None:
     async def body(channel) -> None:
         stub = pb_grpc.WorkerStub(channel)
-        acks = [a async for a in stub.Steps(iter([pb.Step(session_id="s", token_ids=[1])] * 3), timeout=10)]
+        group = pb.StepGroup(steps=[pb.Step(session_id="s", token_ids=[1])])
+        acks = [a async for a in stub.Steps(iter([group] * 3), timeout=10)]
         assert [a.error for a in acks] == ["no slice loaded"] * 3
         call = stub.Results(pb.ResultsRequest(reply_to="coord-1"), timeout=10)
         await call.initial_metadata()

@@ -215,11 +215,25 @@ def test_status_shows_live_figures_per_node(load: LoadRun) -> None:
         assert row["state"] == "serving" and live is not None, node
         assert live["steps"] > 0 and live["tokens_per_s"] > 0, (node, live)
         assert 0 < live["decode_p50_ms"] <= live["decode_p95_ms"], (node, live)
+        # Four streams decoding: a mean of 1 to 4 sessions per decode pass, and the table shows it.
+        assert live["passes"] > 0 and 1.0 <= live["batch_mean"] <= CLIENTS, (node, live)
+        assert row["batch"] == live["batch_mean"], (node, row)
     coordinator = load.status_json["coordinator"]
     assert coordinator["running"] >= 1 and coordinator["generated_per_s"] > 0
     for node in NODES:
         assert any(line.startswith(node) and " ms" in line for line in load.status_table.splitlines()), \
             load.status_table
+
+
+def test_every_step_is_a_row_of_one_forward_pass(load: LoadRun) -> None:
+    """Per node: the batch sizes of its passes add up to its steps, and each pass is timed once."""
+    for node in NODES:
+        steps = _increase(load, node, "boltpipe_worker_steps_total")
+        passes = _increase(load, node, "boltpipe_worker_batch_size_count")
+        assert steps > 0 and _increase(load, node, "boltpipe_worker_batch_size_sum") == steps, node
+        assert 0 < passes <= steps and _increase(load, node, "boltpipe_worker_compute_seconds_count") == passes, node
+        assert _increase(load, node, "boltpipe_worker_batch_size_sum", phase="prefill") == \
+            _increase(load, node, "boltpipe_worker_batch_size_count", phase="prefill"), node  # one session each
 
 
 def _mean(before: Scrape, after: Scrape, histogram: str, **match: str) -> float:

@@ -101,3 +101,25 @@ def test_seeded_sampling_same_through_one_and_three_stages(cluster_of, prompts):
     assert one == three, "a seed gives the same tokens however the layers are split"
     assert one[0] == one[1], "the same seed repeats"
     assert one[0] != one[2], "another seed samples other tokens"
+
+
+EIGHT_PROMPTS = ["Name a colour.", "Why is the sky blue? Explain it to a child in two sentences.",
+                 "List three fruits", "What is 2 + 2?", "Tell me about the moon landing of 1969 and who walked there.",
+                 "Say hello", "Translate 'good morning' into French and Spanish.", "Who wrote Hamlet?"]
+
+
+def test_eight_concurrent_streams_through_three_stages_equal_each_prompt_alone(cluster_of, smollm2_dir):
+    """Decode steps of the eight sessions travel the ring as batches (each stage computes a group of
+    them in one forward pass, rows at different positions), yet every stream is token for token
+    what mlx-lm gives its prompt alone in one process; and the stages did batch."""
+    harness = cluster_of(3)
+    tok = PromptTokenizer(smollm2_dir)
+    prompts = [tok.encode_user_prompt(p) for p in EIGHT_PROMPTS]
+    assert len({len(p) for p in prompts}) > 4, "prompts of different lengths: rows sit at different positions"
+    expected = [greedy_tokens(smollm2_dir, ids, NEW_TOKENS) for ids in prompts]
+    got = harness.run(_all(_greedy(harness.cluster, ids) for ids in prompts))
+    for index, (tokens, want) in enumerate(zip(got, expected)):
+        assert tokens == want, f"stream {index} differs from its prompt alone"
+    infos = harness.run(harness.cluster.client.infos())
+    assert all(i.recent_batch_size > 1.5 for i in infos), [i.recent_batch_size for i in infos]
+    assert _sessions_open(harness) == [0] * 3

@@ -11,8 +11,8 @@ from node.step_queue import StepQueue
 
 def drain(q: StepQueue) -> list:
     out = []
-    while (item := q.pop_nowait()) is not None:
-        out.append(item)
+    while items := q.take_nowait():
+        out.append(items[0] if len(items) == 1 else items)
     return out
 
 
@@ -68,13 +68,44 @@ def test_equal_arrivals_are_served_oldest_first(burst: int) -> None:
     assert drain(q) == [0, 1, 2, 3, 4]
 
 
-def test_get_waits_for_a_put() -> None:
+def test_take_waits_for_a_put() -> None:
     async def scenario() -> object:
         q: StepQueue = StepQueue()
-        waiter = asyncio.create_task(q.get())
+        waiter = asyncio.create_task(q.take())
         await asyncio.sleep(0.01)
         assert not waiter.done()
         q.put("a", "x", small=True)
         return await asyncio.wait_for(waiter, 1.0)
 
-    assert asyncio.run(scenario()) == "x"
+    assert asyncio.run(scenario()) == ["x"]
+
+
+def test_a_group_comes_out_together_in_arrival_order() -> None:
+    q = StepQueue()
+    q.put("x", "x-alone", small=True)
+    for name in "abc":
+        q.put(name, f"{name}1", small=True, group=7)
+    q.put("d", "d-other-group", small=True, group=8)
+    assert drain(q) == ["x-alone", ["a1", "b1", "c1"], "d-other-group"]
+
+
+def test_a_group_member_behind_its_own_earlier_step_waits_for_it() -> None:
+    q = StepQueue()
+    q.put("b", "b0", small=True)
+    q.put("a", "a1", small=True, group=1)
+    q.put("b", "b1", small=True, group=1)
+    # b's earlier step goes first; a's group step then runs without b (b1 heads b's queue only later).
+    assert drain(q) == ["b0", ["a1", "b1"]]
+    q.put("b", "b2", small=True)
+    q.put("a", "a2", small=True, group=2)
+    q.put("b", "b3", small=True, group=2)
+    q.put("c", "c2", small=True, group=2)
+    assert drain(q) == ["b2", ["a2", "b3", "c2"]]
+
+
+def test_dropping_a_group_member_leaves_the_rest_of_the_group() -> None:
+    q = StepQueue()
+    for name in "abc":
+        q.put(name, name, small=True, group=3)
+    q.drop("b")
+    assert drain(q) == [["a", "c"]]

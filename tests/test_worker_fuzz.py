@@ -114,6 +114,8 @@ class Fuzzer:
         return code
 
     async def _StepsCase(self, case: fm.StepsCase) -> grpc.StatusCode:
+        """The steps go as StepGroups of consecutive steps of distinct sessions: garbage meets the
+        batched path as well as the single one."""
         steps = []
         for step in case.steps:
             step = pb.Step.FromString(step.SerializeToString())
@@ -122,7 +124,7 @@ class Fuzzer:
                 self.tally.used_ids.add(step.session_id)  # ended after the batch: no session outlives the test
             steps.append(step)
         self.tally.steps_sent += len(steps)
-        call = self.p.stubs[case.stage].Steps(iter(steps), timeout=60)
+        call = self.p.stubs[case.stage].Steps(iter(_groups(steps)), timeout=60)
         async for ack in call:
             assert ack.error, "a worker only acknowledges steps it refuses"
             self.tally.acks += 1
@@ -293,7 +295,17 @@ def test_a_message_over_the_limit_is_refused_by_grpc_and_the_worker_serves_on(pi
 def test_a_step_with_a_million_token_ids_is_refused_with_its_count(pipeline) -> None:
     async def send() -> list[pb.StepAck]:
         step = pb.Step(session_id="huge", position=0, token_ids=[1] * 1_000_000, reply_to="")
-        return [ack async for ack in pipeline.stubs[0].Steps(iter([step]), timeout=60)]
+        return [ack async for ack in pipeline.stubs[0].Steps(iter([pb.StepGroup(steps=[step])]), timeout=60)]
 
     acks = pipeline.io.run(send())
     assert [a.error for a in acks] == ["token_ids: expected 1 to 8192 ids, got 1000000"]
+
+
+def _groups(steps: list[pb.Step]) -> list[pb.StepGroup]:
+    """Consecutive steps in groups, a new group wherever a session would appear twice."""
+    groups: list[list[pb.Step]] = [[]]
+    for step in steps:
+        if any(s.session_id == step.session_id for s in groups[-1]):
+            groups.append([])
+        groups[-1].append(step)
+    return [pb.StepGroup(steps=g) for g in groups if g]

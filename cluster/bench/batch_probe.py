@@ -22,33 +22,10 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import dequantize_model, load_model
 
+from node.blas import blas_in_use
+
 PROMPT_TOKENS = 64
 WARMUP_STEPS, TIMED_STEPS = 2, 8
-
-
-def library_at(address: int, maps: str) -> str | None:
-    """The file mapped at `address`, from the text of /proc/<pid>/maps."""
-    for line in maps.splitlines():
-        fields = line.split()
-        low, _, high = fields[0].partition("-")
-        if int(low, 16) <= address < int(high, 16):
-            return fields[5] if len(fields) > 5 else "(anonymous)"
-    return None
-
-
-def blas_in_use() -> str:
-    """Which library answers MLX's BLAS calls: the one that the process's global symbol lookup gives
-    for cblas_sgemm (an LD_PRELOAD'ed OpenBLAS), else MLX's own bundled copy, which is loaded privately."""
-    import ctypes
-
-    try:
-        address = ctypes.cast(ctypes.CDLL(None).cblas_sgemm, ctypes.c_void_p).value
-    except AttributeError:
-        return "MLX's bundled BLAS"
-    try:
-        return library_at(address, Path("/proc/self/maps").read_text()) or "unknown"
-    except OSError:
-        return "a global cblas_sgemm (no /proc/self/maps to name it)"
 
 
 def step_ms(model, batch: int, vocab: int) -> float:

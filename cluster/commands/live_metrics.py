@@ -76,12 +76,32 @@ def bucket_increase(before: Scrape | None, after: Scrape, histogram: str, **matc
     return {le: count - then.get(le, 0.0) for le, count in now.items()}
 
 
+def counter_increase(before: Scrape | None, after: Scrape, name: str, **match: str) -> float:
+    """How much the matching series grew between the scrapes (what they read after a restart)."""
+    now = after.total(name, **match)
+    if before is None:
+        return now
+    then = before.total(name, **match)
+    return now if now < then else now - then
+
+
 def counter_rate(before: Scrape, after: Scrape, name: str, **match: str) -> float | None:
     seconds = after.at_s - before.at_s
     if seconds <= 0:
         return None
-    increase = after.total(name, **match) - before.total(name, **match)
-    return max(0.0, increase) / seconds
+    return counter_increase(before, after, name, **match) / seconds
+
+
+def histogram_mean(before: Scrape | None, after: Scrape, histogram: str, **match: str) -> float | None:
+    """The mean observation between the scrapes (rate of _sum over rate of _count, as PromQL
+    divides them); None when nothing was observed."""
+    count_now, sum_now = after.total(f"{histogram}_count", **match), after.total(f"{histogram}_sum", **match)
+    count_then = before.total(f"{histogram}_count", **match) if before else 0.0
+    sum_then = before.total(f"{histogram}_sum", **match) if before else 0.0
+    if count_now < count_then:
+        count_then = sum_then = 0.0  # the process restarted between the scrapes
+    count = count_now - count_then
+    return (sum_now - sum_then) / count if count > 0 else None
 
 
 @dataclass(frozen=True)
@@ -91,15 +111,23 @@ class NodeFigures:
     hop_p50_ms: float | None
     queue_p95_ms: float | None
     tokens_per_s: float | None
-    steps: int               # decode steps in the window
+    batch_mean: float | None  # sessions per decode forward pass, on average over the window
+    steps: int               # decode steps in the window (one per session per pass)
+    passes: int              # decode forward passes in the window
 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def node_figures(before: Scrape, after: Scrape) -> NodeFigures:
-    """A worker's decode latency, hop and queue times and tokens/s between two scrapes."""
+    """A worker's decode latency (the time of a decode forward pass: what each session in it waits
+    for its token at this node), hop and queue times (per step), mean decode batch and tokens/s
+    between two scrapes."""
     compute = bucket_increase(before, after, "boltpipe_worker_compute_seconds", phase="decode")
     hop = bucket_increase(before, after, "boltpipe_worker_hop_seconds", phase="decode")
     queue = bucket_increase(before, after, "boltpipe_worker_queue_seconds", phase="decode")
@@ -109,7 +137,9 @@ def node_figures(before: Scrape, after: Scrape) -> NodeFigures:
         hop_p50_ms=_ms(histogram_quantile(0.5, hop)),
         queue_p95_ms=_ms(histogram_quantile(0.95, queue)),
         tokens_per_s=counter_rate(before, after, "boltpipe_worker_tokens_total"),
-        steps=int(max(compute.values(), default=0.0)),
+        batch_mean=_round(histogram_mean(before, after, "boltpipe_worker_batch_size", phase="decode")),
+        steps=int(counter_increase(before, after, "boltpipe_worker_steps_total", phase="decode")),
+        passes=int(max(compute.values(), default=0.0)),
     )
 
 

@@ -1,7 +1,8 @@
 """`cluster status INVENTORY`: one row per node — reachable, worker state, layers, backend, memory,
 sessions — from the workers themselves (over SSH for a node whose worker does not answer), and live
 figures read from the same Prometheus metrics the dashboards use: decode latency p50/p95, hop and
-queue times and tokens/s over the last interval. `--watch` redraws the table in place."""
+queue times, the mean decode batch and tokens/s over the last interval. `--watch` redraws the table
+in place."""
 
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ def metrics_url(spec: NodeSpec, info: pb.NodeInfo | str) -> str | None:
 async def node_row(inventory: Inventory, spec: NodeSpec) -> dict:
     info = await node_info(inventory, spec)
     row = {"node": spec.name, "address": spec.address if spec.host else "bonjour", "reachable": True, "state": "",
-           "layers": "", "backend": "", "memory": "", "sessions": None, "step_ms": None,
-           "metrics": metrics_url(spec, info)}
+           "layers": "", "backend": "", "memory": "", "sessions": None, "step_ms": None, "recent_batch": None,
+           "batch": None, "metrics": metrics_url(spec, info)}
     if isinstance(info, pb.NodeInfo):
         row["state"] = "serving" if info.loaded else "idle (no slice)"
         if info.loaded:
@@ -71,6 +72,9 @@ async def node_row(inventory: Inventory, spec: NodeSpec) -> dict:
         row["memory"] = f"{format_bytes(info.rss_bytes)} / {format_bytes(memory_limit_bytes(info))}"
         row["sessions"] = info.active_sessions
         row["step_ms"] = round(info.recent_step_ms, 2) if info.recent_step_ms else None
+        # Sessions per recent decode-sized forward pass, as the worker itself remembers them.
+        row["recent_batch"] = round(info.recent_batch_size, 2) if info.recent_batch_size else None
+        row["batch"] = row["recent_batch"]
         return row
     if spec.deployed:
         row["reachable"], row["state"] = await _service_state(spec)
@@ -106,9 +110,13 @@ def _coordinator_url(inventory: Inventory) -> str | None:
 
 
 def with_figures(rows: list[dict], before: dict[str, Scrape | None], after: dict[str, Scrape | None]) -> list[dict]:
+    """Each row's live figures between the two readings; its `batch` is the window's mean decode
+    batch, else (no decode pass in the window, or no metrics) what the worker last reported."""
     for row in rows:
         then, now = before.get(row["node"]), after.get(row["node"])
         row["live"] = asdict(node_figures(then, now)) if then and now else None
+        live_batch = row["live"]["batch_mean"] if row["live"] else None
+        row["batch"] = live_batch if live_batch is not None else row.get("recent_batch")
     return rows
 
 
@@ -118,13 +126,13 @@ def _cell(value, unit: str = "") -> str:
 
 def render(rows: list[dict], coordinator: dict | None, api_line: str, interval_s: float) -> str:
     head = ["node", "address", "reachable", "worker", "layers", "backend", "memory (rss / limit)", "sessions",
-            "decode p50", "decode p95", "hop p50", "queue p95", "tokens/s"]
+            "batch", "decode p50", "decode p95", "hop p50", "queue p95", "tokens/s"]
     table = [head]
     for r in rows:
         live = r.get("live") or {}
         idle = live and not live["steps"]
         table.append([r["node"], r["address"], "yes" if r["reachable"] else "no", r["state"], r["layers"] or "-",
-                      r["backend"] or "-", r["memory"] or "-", _cell(r["sessions"]),
+                      r["backend"] or "-", r["memory"] or "-", _cell(r["sessions"]), _cell(r.get("batch")),
                       "idle" if idle else _cell(live.get("decode_p50_ms"), " ms"),
                       "idle" if idle else _cell(live.get("decode_p95_ms"), " ms"),
                       _cell(live.get("hop_p50_ms"), " ms"), _cell(live.get("queue_p95_ms"), " ms"),
@@ -135,7 +143,8 @@ def render(rows: list[dict], coordinator: dict | None, api_line: str, interval_s
                      f"generated {_cell(coordinator['generated_per_s'])} tokens/s; TTFT p50 "
                      f"{_cell(coordinator['ttft_p50_ms'], ' ms')}; inter-token p50 {_cell(coordinator['itl_p50_ms'], ' ms')}"
                      f", p95 {_cell(coordinator['itl_p95_ms'], ' ms')}")
-    lines.append(f"(live figures over the last {interval_s:g} s, from each node's /metrics)")
+    lines.append(f"(live figures over the last {interval_s:g} s, from each node's /metrics; batch: sessions per "
+                 "decode forward pass)")
     return "\n".join(lines)
 
 

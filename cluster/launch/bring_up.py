@@ -25,6 +25,7 @@ from cluster.inventory import METRICS_PORT_OFFSET, Inventory
 from cluster.launch.local_supervisor import keep_running
 from cluster.launch.model_source import model_defaults, resolve_model, served_model_name
 from cluster.launch.ssh_deploy import push_weights
+from cluster.pipeline.decode_batcher import DecodeBatcher
 from cluster.pipeline.engine import Engine
 from cluster.pipeline.pipeline_client import PipelineClient, StageEndpoint
 from cluster.pipeline.stage_watch import WatchSettings
@@ -213,8 +214,10 @@ async def bring_up(
                                                     timeout_s=inventory.health_timeout_s))
         await client.start()
         tokenizer = await asyncio.to_thread(PromptTokenizer, model.path)
+        batcher = (DecodeBatcher(client, max_lanes=inventory.batches_in_flight or len(plan.stages),
+                                 max_batch=inventory.max_batch) if inventory.max_batch > 1 else None)
         engine = Engine(client, tokenizer, prefill_chunk=inventory.prefill_chunk, vocab_size=model.vocab_size,
-                        replay=inventory.replay, replay_timeout_s=inventory.replay_timeout_s)
+                        replay=inventory.replay, replay_timeout_s=inventory.replay_timeout_s, batcher=batcher)
         admission = Admission(plan.max_sessions, inventory.max_queue, inventory.queue_timeout_s)
         metrics = CoordinatorMetrics(model_name, admission)
         client.on_return_hop = metrics.observe_return_hop

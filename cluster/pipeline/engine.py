@@ -1,5 +1,7 @@
 """Drives one generation through the pipeline: chunked prefill, then one decode
-step per token; detokenizes incrementally and stops on eos, length or stop strings."""
+step per token; detokenizes incrementally and stops on eos, length or stop strings. Decode steps
+go through a DecodeBatcher when there is one, so that sessions decoding at once travel the ring
+as batches (cluster.pipeline.decode_lanes)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Sequence
 
+from cluster.pipeline.decode_batcher import DecodeBatcher
 from cluster.pipeline.pipeline_client import PipelineClient, PipelineError, StageFailure
 from cluster.pipeline.text_stream import IncrementalDecoder, StopMatcher
 from cluster.pipeline.tokenizer import PromptTokenizer
@@ -84,6 +87,7 @@ class Engine:
         replay: bool = True,
         replay_timeout_s: float = 120.0,
         max_replays: int = 3,
+        batcher: DecodeBatcher | None = None,
     ):
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be at least 1")
@@ -95,6 +99,7 @@ class Engine:
         self.replay = replay
         self.replay_timeout_s = replay_timeout_s
         self.max_replays = max_replays
+        self.batcher = batcher
         self.on_replay: Callable[[], None] | None = None  # metrics
 
     async def tokens(self, prompt_ids: Sequence[int], params: GenerationParams,
@@ -162,21 +167,28 @@ class Engine:
             first_token_step = step_id
             for _ in range(params.max_tokens - len(generated)):
                 sent_ns = time.time_ns()
-                self.client.send(
-                    pb.Step(
-                        session_id=session_id,
-                        step_id=step_id,
-                        position=position,
-                        token_ids=[next_input],
-                        want_token=True,
-                        sampling=sampling,
-                        decode=step_id > first_token_step or bool(generated),
-                    )
+                step = pb.Step(
+                    session_id=session_id,
+                    step_id=step_id,
+                    position=position,
+                    token_ids=[next_input],
+                    want_token=True,
+                    sampling=sampling,
+                    decode=step_id > first_token_step or bool(generated),
                 )
+                batched = step.decode and self.batcher is not None
+                if batched:
+                    self.batcher.send(step)
+                else:
+                    self.client.send(step)
                 wanted = step_id
                 step_id += 1
                 position += 1
-                result = await self._result_for(results, wanted)
+                try:
+                    result = await self._result_for(results, wanted)
+                finally:
+                    if batched:
+                        self.batcher.returned(session_id)
                 token = TokenStep(
                     token_id=result.token_id,
                     logprob=result.logprob,
@@ -188,6 +200,8 @@ class Engine:
                 yield token
                 next_input = token.token_id
         finally:
+            if self.batcher is not None:
+                self.batcher.leave(session_id)
             # Shielded: a request cancelled (its client left) still ends its session everywhere.
             await asyncio.shield(self.client.end_session(session_id))
 

@@ -58,7 +58,7 @@ class PipelineClient:
         self.stubs = [pb_grpc.WorkerStub(c) for c in self.channels]
         self._sessions: dict[str, asyncio.Queue[pb.StepResult]] = {}
         self._ended: deque[str] = deque(maxlen=ENDED_REMEMBERED)
-        self._outbox: asyncio.Queue[pb.Step | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[list[pb.Step] | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._subscribed = [asyncio.Event() for _ in stages]
         self._closed = False
@@ -78,11 +78,12 @@ class PipelineClient:
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._subscribed)), timeout)
         self._tasks.extend(self.watch.start())
 
-    async def _drain(self, outbox: asyncio.Queue[pb.Step | None]) -> AsyncIterator[pb.Step]:
-        while (step := await outbox.get()) is not None:
+    async def _drain(self, outbox: asyncio.Queue[list[pb.Step] | None]) -> AsyncIterator[pb.StepGroup]:
+        while (steps := await outbox.get()) is not None:
             # Steps of sessions failed while the stream was down would open sessions nobody ends.
-            if step.session_id in self._sessions:
-                yield step
+            live = [step for step in steps if step.session_id in self._sessions]
+            if live:
+                yield pb.StepGroup(steps=live)
 
     async def _send_steps(self) -> None:
         while not self._closed:
@@ -153,12 +154,17 @@ class PipelineClient:
         return queue
 
     def send(self, step: pb.Step) -> None:
-        step.reply_to = self.reply_to
-        # Stage -1 is the coordinator: stage 0 times the hop from this send.
-        timing = step.timings.add(stage=-1)
-        self.clocks[0].stamp(timing)
-        timing.send_ns = time.time_ns()
-        self._outbox.put_nowait(step)
+        self.send_group([step])
+
+    def send_group(self, steps: list[pb.Step]) -> None:
+        """Steps of different sessions that stage 0 may compute as one batch (cluster.pipeline.decode_lanes)."""
+        for step in steps:
+            step.reply_to = self.reply_to
+            # Stage -1 is the coordinator: stage 0 times the hop from this send.
+            timing = step.timings.add(stage=-1)
+            self.clocks[0].stamp(timing)
+            timing.send_ns = time.time_ns()
+        self._outbox.put_nowait(list(steps))
 
     @property
     def ready(self) -> bool:
