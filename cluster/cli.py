@@ -40,7 +40,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(_command_named(argv)).parse_args(argv)
+    command = _command_named(argv)
+    if command == "worker" and argv == sys.argv[1:]:
+        # This process is a worker: the system OpenBLAS on Linux, set up before MLX is imported
+        # (by running this same command line again; node/blas_preload.py).
+        from node.blas_preload import reexec_with_blas
+
+        reexec_with_blas()
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

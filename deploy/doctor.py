@@ -1,5 +1,6 @@
 """`cluster doctor`: the preflight probe on this machine, plus what only this machine can test:
-multicast DNS (a service registered and found again), MLX and its device, coremltools."""
+multicast DNS (a service registered and found again), MLX and its device, the BLAS a worker would
+use, coremltools."""
 
 from __future__ import annotations
 
@@ -103,6 +104,25 @@ def check_mlx() -> Finding:
     return Finding("mlx", True, found)
 
 
+def check_blas(env: dict[str, str] | None = None) -> Finding:
+    """Which BLAS a worker started on this machine would give MLX (node/blas_preload.py)."""
+    from node.blas_preload import CHOICE_ENV, DEBIAN_PACKAGE, THREADS_ENV, blas_choice
+
+    choice = blas_choice(env)
+    if choice.error:
+        return Finding("blas", False, choice.error, f"fix or unset {CHOICE_ENV}: a worker refuses to start with it",
+                       fatal=True)
+    if choice.library is not None:
+        threads = (os.environ if env is None else env).get(THREADS_ENV)
+        threads = f"{THREADS_ENV}={threads}" if threads else "one thread per worker when several share the machine"
+        return Finding("blas", True, f"{choice.describe()}; {threads}")
+    if sys.platform.startswith("linux") and choice.reason.startswith(DEBIAN_PACKAGE):
+        return Finding("blas", False, choice.describe(),
+                       f"`sudo apt-get install {DEBIAN_PACKAGE}`: float32 matrix products run several times faster "
+                       "on it, and batch")
+    return Finding("blas", True, choice.describe())
+
+
 def check_coremltools() -> Finding:
     import importlib.util
 
@@ -143,7 +163,7 @@ class DoctorReport:
 def run_doctor(python: str, install_dir: str, *, mdns_timeout_s: float = 5.0, want_backend: str = "auto") -> DoctorReport:
     probe = run_probe(python, install_dir)
     findings = check_node(probe, want_backend=want_backend)
-    findings += [check_mdns(mdns_timeout_s), check_mlx(), check_coremltools()]
+    findings += [check_mdns(mdns_timeout_s), check_mlx(), check_blas(), check_coremltools()]
     return DoctorReport(probe, findings)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from node.blas_preload import worker_thread_env
 from proto import WORKER_READY_MARKER as READY_MARKER
 
 
@@ -39,6 +40,7 @@ class LocalWorker:
     process: subprocess.Popen | None = None
     spec: LocalWorkerSpec | None = None
     parent_pid: int | None = None
+    env: dict[str, str] = field(default_factory=dict)  # what its environment adds to ours (again on a restart)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -69,7 +71,8 @@ def start_local_workers(
     extra_env: dict[str, str] | None = None,
 ) -> list[LocalWorker]:
     """Start every worker, then wait for all of them. If any cannot start, the ones
-    already started are stopped and the error names the worker and why."""
+    already started are stopped and the error names the worker and why. Several workers on this
+    machine get one OpenBLAS thread each (node/blas_preload.py), unless OPENBLAS_NUM_THREADS is set."""
     busy = [f"{s.name} ({s.host}:{s.port})" for s in specs if port_in_use(s.host, s.port)]
     if busy:
         raise WorkerStartError(
@@ -77,10 +80,11 @@ def start_local_workers(
             "(maybe `cluster down` for a cluster already up) or change the port in the inventory"
         )
     log_dir.mkdir(parents=True, exist_ok=True)
+    env = worker_thread_env(len(specs), os.environ) | (extra_env or {})
     workers: list[LocalWorker] = []
     try:
         for spec in specs:
-            workers.append(_spawn(spec, log_dir, parent_pid, extra_env, append=False))
+            workers.append(_spawn(spec, log_dir, parent_pid, env, append=False))
         _wait_ready(workers, timeout_s)
     except BaseException:
         stop_pids([w.pid for w in workers])
@@ -91,7 +95,7 @@ def start_local_workers(
 def restart_local_worker(worker: LocalWorker, timeout_s: float = 60.0) -> LocalWorker:
     """The same worker again (same command, same log, appended), once it is ready."""
     assert worker.spec is not None, "only workers started by start_local_workers can be restarted"
-    fresh = _spawn(worker.spec, worker.log_path.parent, worker.parent_pid, None, append=True)
+    fresh = _spawn(worker.spec, worker.log_path.parent, worker.parent_pid, worker.env, append=True)
     try:
         _wait_ready([fresh], timeout_s)
     except BaseException:
@@ -123,7 +127,8 @@ def _spawn(spec: LocalWorkerSpec, log_dir: Path, parent_pid: int | None, extra_e
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True, cwd=log_dir,
         )
-    return LocalWorker(spec.name, spec.host, spec.port, process.pid, log_path, process, spec, parent_pid)
+    return LocalWorker(spec.name, spec.host, spec.port, process.pid, log_path, process, spec, parent_pid,
+                       dict(extra_env or {}))
 
 
 def _said_ready(worker: LocalWorker) -> bool:

@@ -24,7 +24,9 @@ class SampledToken:
 
 def new_key(params: pb.SamplingParams) -> mx.array:
     seed = params.seed if params.has_seed else int.from_bytes(os.urandom(8), "little")
-    return mx.random.key(seed % (1 << 64))
+    key = mx.random.key(seed % (1 << 64))
+    mx.eval(key)  # a worker computes on two threads: nothing it keeps may stay lazy (node/session_batches.py)
+    return key
 
 
 def _filtered_logits(logprobs: mx.array, params: pb.SamplingParams) -> mx.array:
@@ -63,8 +65,8 @@ def sample(logits: mx.array, params: pb.SamplingParams, key: mx.array | None) ->
         n = min(params.top_logprobs, logprobs.shape[-1])
         top_ids = mx.argsort(-logprobs, axis=-1)[:, :n]
         top_vals = mx.take_along_axis(logprobs, top_ids, axis=-1)
-        mx.eval(token, chosen, top_ids, top_vals)
+        mx.eval(token, chosen, top_ids, top_vals, *([next_key] if next_key is not None else []))
     else:
-        mx.eval(token, chosen)
+        mx.eval(token, chosen, *([next_key] if next_key is not None else []))
     top = list(zip(top_ids[0].tolist(), top_vals[0].tolist())) if top_ids is not None else []
     return SampledToken(int(token.item()), float(chosen.item()), top), next_key

@@ -352,12 +352,12 @@ class WorkerService(pb_grpc.WorkerServicer):
             current.link.send(forward)
 
     async def _compute_group(self, current: LoadedSlice, items: list[tuple[pb.Step, int]]) -> None:
-        """One-token steps of several sessions, as one batched forward pass. It runs on the loop, like
-        a lone decode step: the sessions' sampling state lives on this thread (MLX's streams belong
-        to a thread, and arrays a step leaves lazy must be evaluated where they were made)."""
+        """One-token steps of several sessions, as one batched forward pass on the compute thread: the
+        loop stays free to send the batch before (to the next stage) and to take the next one in."""
         steps = [step for step, _ in items]
         try:
-            outcomes, start_ns, end_ns = self._timed(current.runner.run_group, steps)
+            outcomes, start_ns, end_ns = await asyncio.get_running_loop().run_in_executor(
+                self.compute, self._timed, current.runner.run_group, steps)
         except Exception as exc:  # the forward pass itself failed: every row's cache is in doubt
             log.exception("batched step of %d sessions failed", len(steps))
             self.metrics.error("internal")

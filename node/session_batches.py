@@ -15,7 +15,8 @@ from mlx.utils import tree_flatten
 def evaluate(caches: list) -> None:
     """Computes every array of `caches` now. Lazy arrays must not outlive the thread that made them:
     MLX's streams belong to a thread, and a worker runs steps on two (node/server.py)."""
-    mx.eval([leaf for _, leaf in tree_flatten([c.state for c in caches]) if isinstance(leaf, mx.array)])
+    states = [getattr(c, "state", None) for c in caches]
+    mx.eval([leaf for _, leaf in tree_flatten(states) if isinstance(leaf, mx.array)])
 
 
 class SessionBatch:

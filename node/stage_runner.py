@@ -1,6 +1,8 @@
 """Runs Steps through this worker's slice: one at a time, or the one-token steps of several
 sessions as one batched forward pass. The worker's compute loop calls it for one step or group
-at a time, so two never run at once."""
+at a time, so two never run at once, on the event loop's thread or the compute thread; whatever a
+step leaves in a session (caches, sampling key) is evaluated before it returns, because MLX's lazy
+arrays cannot be evaluated on another thread than the one that made them."""
 
 from __future__ import annotations
 
@@ -82,9 +84,9 @@ class StageRunner:
             out.hidden = to_wire(h)
         elif step.want_token:
             out.token = self._sample(self.stage.head(h[:, -1:, :])[:, -1, :], step, session)
-        else:
-            # A prefill chunk: only the caches need computing (as mlx-lm's prefill does).
-            mx.eval([c.state for c in cache])
+        # Prefill chunks need only this (as mlx-lm's prefill); after other steps it computes what the
+        # output did not depend on (a recurrent layer's next state), so nothing is left lazy.
+        evaluate(cache)
         session.position += n
         session.steps += 1
         return out

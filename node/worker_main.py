@@ -15,6 +15,7 @@ import grpc
 
 from node import sysinfo
 from node.advertise import Advertiser
+from node.blas import blas_in_use
 from node.cluster_auth import ClusterAuth, RequireSecret, TlsMaterial, is_loopback_address, server_credentials
 from node.lenient_decode import LenientDecoding
 from node.metrics_endpoint import start_metrics_server
@@ -113,7 +114,7 @@ async def serve(args: argparse.Namespace) -> int:
         except OSError as exc:  # metrics are worth a warning, not a worker that cannot serve
             log.warning("no metrics endpoint: cannot listen on %s:%d: %s", args.host, args.metrics_port, exc.strerror)
     print(f"{WORKER_READY_MARKER} name={args.name} port={port} pid={os.getpid()}", flush=True)
-    log.info("worker %s listening on %s:%d", args.name, args.host, port)
+    log.info("worker %s listening on %s:%d (BLAS: %s)", args.name, args.host, port, blas_in_use())
     await stop.wait()
     log.info("worker %s stopping", args.name)
     if watcher:

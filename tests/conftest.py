@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.worker_blas import use_worker_blas
+
+# References computed in this process use the BLAS the workers use (before anything imports MLX).
+WORKER_BLAS = use_worker_blas()
+
 # Nothing in the test suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

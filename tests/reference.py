@@ -1,4 +1,5 @@
-"""What mlx-lm gives in one process: the reference every distributed result must equal.
+"""What mlx-lm gives in one process: the reference every distributed result must equal. It runs on
+the BLAS the workers use (tests/worker_blas.py, loaded by conftest.py before MLX).
 
 Greedy generation is computed once per prompt in a test run: a shorter request for the same
 prompt is a prefix of a longer one (each token depends only on those before it), so the longest
@@ -62,3 +63,11 @@ def reference_ids(model_dir: Path, prompt_ids: list[int], max_tokens: int) -> li
 
 def reference_text(model_dir: Path, prompt_ids: list[int], max_tokens: int) -> str:
     return tokenizer_for(model_dir).decode(reference_ids(model_dir, prompt_ids, max_tokens))
+
+
+def greedy_steps(model_dir: Path, prompt_ids: list[int], max_tokens: int) -> list[tuple[int, float]]:
+    """mlx-lm greedy, each token with its logprob as mlx-lm computes it (not cached)."""
+    steps = []
+    for token, logprobs in generate_step(mx.array(prompt_ids), _model(Path(model_dir)), max_tokens=max_tokens):
+        steps.append((int(token), logprobs[int(token)].item()))
+    return steps

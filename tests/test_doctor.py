@@ -8,10 +8,11 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 
 from deploy.doctor import DOCTOR_SERVICE_TYPE, check_mdns
 from tests.cli_runner import cli_env, run_cli
-from tests.system_tools import require, require_program
+from tests.system_tools import require, require_program, require_system_openblas
 
 
 def test_doctor_table(tmp_path):
@@ -24,6 +25,37 @@ def test_doctor_table(tmp_path):
     assert "FAIL" not in rows.values()
     assert rows["thunderbolt"] == "warn"  # this machine has no Thunderbolt link
     assert "nothing fatal" in done.stdout
+    blas = next(line for line in done.stdout.splitlines() if line.startswith("blas "))
+    assert rows["blas"] == "ok", blas
+    if sys.platform.startswith("linux"):  # .ci/run installs libopenblas0-pthread
+        assert str(require_system_openblas()) in blas and "system OpenBLAS" in blas, blas
+
+
+def test_doctor_names_the_blas_a_worker_would_use(tmp_path):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("MLX's BLAS is Accelerate on macOS, whatever BOLTPIPE_BLAS says")
+    bundled = run_cli(["doctor", "--json", "--mdns-timeout", "3"], tmp_path / "home", timeout=120,
+                      BOLTPIPE_BLAS="bundled")
+    blas = {c["check"]: c for c in json.loads(bundled.stdout)["checks"]}["blas"]
+    assert blas["status"] == "ok" and blas["found"] == "MLX's own BLAS (BOLTPIPE_BLAS=bundled)"
+    wrong = run_cli(["doctor", "--json", "--mdns-timeout", "3"], tmp_path / "home", timeout=120,
+                    BOLTPIPE_BLAS=str(tmp_path / "libnone.so"))
+    assert wrong.returncode == 1
+    blas = {c["check"]: c for c in json.loads(wrong.stdout)["checks"]}["blas"]
+    assert blas["status"] == "FAIL" and "no such file" in blas["found"] and "BOLTPIPE_BLAS" in blas["hint"]
+
+
+def test_blas_check_without_openblas_says_what_to_install(monkeypatch):
+    from deploy.doctor import check_blas
+    from node import blas_preload
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("MLX's BLAS is Accelerate on macOS")
+
+    monkeypatch.setattr(blas_preload, "system_openblas", lambda: [])
+    finding = check_blas({})
+    assert finding.status == "warn" and "libopenblas0-pthread not installed" in finding.found
+    assert "apt-get install libopenblas0-pthread" in finding.hint
 
 
 def test_doctor_json(tmp_path):

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from proto import WORKER_READY_MARKER
+from proto import PROTOCOL_VERSION, WORKER_READY_MARKER
 from tests.cli_runner import cli_env
 from tests.netns_lab import Lab, LabUnavailable
 from tests.reference import reference_text, tokenizer_for
@@ -170,7 +170,7 @@ def test_coordinator_finds_workers_by_bonjour_alone_and_serves(lab: Lab, workers
     assert set(names) <= set(adverts)
     for host in WORKERS:
         advert = adverts[f"lab-{host}"]
-        assert advert["port"] == PORT and advert["protocol_version"] == 1 and "mlx-cpu" in advert["backends"]
+        assert advert["port"] == PORT and advert["protocol_version"] == PROTOCOL_VERSION and "mlx-cpu" in advert["backends"]
         assert advert["usable_memory_bytes"] > 0 and advert["machine"]
         assert [(i["address"], i["kind"]) for i in advert["interfaces"]] == [(lab.hosts[host], "ethernet")]
 

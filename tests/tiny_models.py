@@ -109,3 +109,18 @@ def write_tiny_model(directory: Path, model_type: str, *, seed: int = 0, hf_layo
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copyfile(tokenizer_from / name, directory / name)
     return directory
+
+
+def write_quantized(source: Path, directory: Path, *, bits: int = 4, group_size: int = 32) -> Path:
+    """`source` quantized the way mlx-lm converts checkpoints (like the 4-bit demo model), with
+    `source`'s tokenizer files, if any."""
+    from mlx_lm.utils import load_model, quantize_model, save_config, save_model
+
+    model, config = load_model(source)
+    model, config = quantize_model(model, config, group_size=group_size, bits=bits)
+    save_model(directory, model)
+    save_config(config, directory / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, directory / name)
+    return directory

@@ -2,7 +2,7 @@
 
     python -m cluster.bench.baseline MODEL_DIR --prompt-tokens 512 --gen-tokens 64
 
-Prints one JSON object: prefill and decode tokens/s.
+Prints one JSON object: prefill and decode tokens/s, and the BLAS library that answered MLX.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.utils import load_model
 
 from cluster.bench.prompt import bench_prompt_ids
+from node.blas import blas_in_use
 
 
 def measure(model_dir: Path, prompt_tokens: int, gen_tokens: int, prefill_chunk: int) -> dict:
@@ -44,6 +45,7 @@ def measure(model_dir: Path, prompt_tokens: int, gen_tokens: int, prefill_chunk:
         "decode_tokens": len(stamps) - 1,
         "decode_s": decode_s,
         "decode_tps": (len(stamps) - 1) / decode_s,
+        "blas": blas_in_use(),
     }
 
 

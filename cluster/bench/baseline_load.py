@@ -3,7 +3,7 @@ its own BatchGenerator (how mlx-lm's server batches), optionally pinned to chose
 
     python -m cluster.bench.baseline_load MODEL_DIR --concurrency 1,2,4 --prompt-tokens 64 --gen-tokens 32 [--cpus 0]
 
-Prints one JSON object: {concurrency: figures}.
+Prints one JSON object: {"blas": the BLAS library that answered MLX, "levels": {concurrency: figures}}.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from cluster.bench.load_stats import StreamTimes, summarize
+from node.blas import blas_in_use
 
 
 def run_level(model, prompts: list[list[int]], gen_tokens: int, prefill_chunk: int) -> dict:
@@ -63,7 +64,8 @@ def main() -> None:
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     levels = [int(c) for c in args.concurrency.split(",")]
-    print(json.dumps(measure(args.model_dir, levels, args.prompt_tokens, args.gen_tokens, args.prefill_chunk)))
+    figures = measure(args.model_dir, levels, args.prompt_tokens, args.gen_tokens, args.prefill_chunk)
+    print(json.dumps({"blas": blas_in_use(), "levels": figures}))
 
 
 if __name__ == "__main__":

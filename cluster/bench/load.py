@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from cluster.bench.bench_blas import baseline_env, blas_summary
 from cluster.bench.load_prompts import load_prompts
 from cluster.bench.load_stats import StreamTimes, summarize
 from cluster.launch.bring_up import RunningCluster
@@ -36,13 +37,16 @@ async def measure_cluster_load(cluster: RunningCluster, levels: list[int], promp
 
 
 def measure_baseline_load(model_dir: Path, levels: list[int], prompt_tokens: int, gen_tokens: int,
-                          prefill_chunk: int, cpus: list[int] | None = None) -> dict:
+                          prefill_chunk: int, cpus: list[int] | None = None) -> tuple[dict, str]:
+    """The baseline in its own process, on the BLAS a worker here uses (one thread): its figures by
+    concurrency, and the BLAS library that answered it."""
     cmd = [sys.executable, "-m", "cluster.bench.baseline_load", str(model_dir), "--concurrency", ",".join(map(str, levels)),
            "--prompt-tokens", str(prompt_tokens), "--gen-tokens", str(gen_tokens), "--prefill-chunk", str(prefill_chunk)]
     if cpus:
         cmd += ["--cpus", ",".join(map(str, cpus))]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=baseline_env())
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["levels"], result["blas"]
 
 
 def pin_process(pid: int, cpus: set[int]) -> None:
@@ -67,13 +71,31 @@ def pin_cluster(cluster: RunningCluster) -> dict[str, int]:
     return placement
 
 
-def load_report(levels: list[int], cluster: dict, single: dict, stages: int, pinned: dict | None) -> dict:
-    report: dict = {"stages": stages, "levels": levels, "cluster": cluster, "single_process": single}
+RATIO_LEVEL = 8  # issue 17: what 8 streams at once give against 1, and against one process
+
+
+def batching_ratios(levels: list[int], cluster: dict, single: dict) -> dict:
+    """Cluster tokens/s at concurrency 8 (the highest level, without 8) over the cluster's at 1, and
+    over the one-process baseline's at the same level."""
+    level = RATIO_LEVEL if RATIO_LEVEL in levels else max(levels)
+    tps = cluster[str(level)]["tokens_per_s"]
+    return {
+        "level": level,
+        "cluster_vs_cluster_at_1": tps / cluster["1"]["tokens_per_s"] if "1" in cluster else None,
+        "cluster_vs_single_process": tps / single[str(level)]["tokens_per_s"],
+    }
+
+
+def load_report(levels: list[int], cluster: dict, single: dict, stages: int, pinned: dict | None, *,
+                dtype: str = "", blas: dict | None = None) -> dict:
+    report: dict = {"stages": stages, "levels": levels, "dtype": dtype, "blas": blas or {}, "cluster": cluster,
+                    "single_process": single, "ratios": batching_ratios(levels, cluster, single)}
     if pinned:
         base = pinned["single_process"]["1"]["tokens_per_s"]
         pinned["throughput_vs_pinned_single_stream"] = {
             level: figures["tokens_per_s"] / base for level, figures in pinned["cluster"].items()
         }
+        pinned["ratios"] = batching_ratios(levels, pinned["cluster"], pinned["single_process"])
         report["pinned"] = pinned
     one = cluster.get("1"), single.get("1")
     if all(one):
@@ -84,7 +106,7 @@ def load_report(levels: list[int], cluster: dict, single: dict, stages: int, pin
 def format_load_table(report: dict) -> str:
     lines = []
 
-    def table(title: str, cluster: dict, single: dict, extra: dict | None = None) -> None:
+    def table(title: str, cluster: dict, single: dict, extra: dict | None, ratios: dict) -> None:
         lines.append(title)
         lines.append(f"{'conc':>4}  {'side':<14} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} {'ITL p50':>8} {'ITL p95':>8}")
         for level in report["levels"]:
@@ -93,15 +115,20 @@ def format_load_table(report: dict) -> str:
                              f"{figures['ttft_ms_p95']:>7.0f}ms {figures['itl_ms_p50']:>6.0f}ms {figures['itl_ms_p95']:>6.0f}ms")
             if extra:
                 lines.append(f"{'':>4}  cluster / pinned single stream: {extra[str(level)]:.2f}x")
+        at, vs_one = ratios["level"], ratios["cluster_vs_cluster_at_1"]
+        lines.append(f"cluster at {at} / cluster at 1: " + (f"{vs_one:.2f}x" if vs_one is not None else "-")
+                     + f"; cluster at {at} / one process at {at}: {ratios['cluster_vs_single_process']:.2f}x")
         lines.append("")
 
+    lines.append(f"model: {report.get('dtype') or '?'}; {blas_summary(report.get('blas', {}))}")
+    lines.append("")
     table(f"unpinned: cluster of {report['stages']} stages vs mlx-lm in one process (BatchGenerator)",
-          report["cluster"], report["single_process"])
+          report["cluster"], report["single_process"], None, report["ratios"])
     if "pinned" in report:
         p = report["pinned"]
         cores = ", ".join(f"{n}->cpu{c}" for n, c in p["placement"].items())
         table(f"pinned ({cores}; one process on cpu{p['baseline_cpu']})", p["cluster"], p["single_process"],
-              p["throughput_vs_pinned_single_stream"])
+              p["throughput_vs_pinned_single_stream"], p["ratios"])
     if "ttft_p50_ratio_at_1" in report:
         lines.append(f"TTFT p50 at concurrency 1, cluster / one process: {report['ttft_p50_ratio_at_1']:.3f}")
     return "\n".join(lines)

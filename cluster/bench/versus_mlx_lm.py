@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from cluster.bench.bench_blas import baseline_env, blas_summary
 from cluster.bench.prompt import bench_prompt_ids
 from cluster.launch.bring_up import RunningCluster
 from cluster.pipeline.engine import GenerationParams, TokenStep
@@ -68,22 +69,25 @@ async def measure_cluster(cluster: RunningCluster, prompt_tokens: int, gen_token
 
 
 def measure_baseline(model_dir, prompt_tokens: int, gen_tokens: int, prefill_chunk: int) -> dict:
-    """mlx-lm in its own process, so neither side shares an interpreter with the other."""
+    """mlx-lm in its own process, so neither side shares an interpreter with the other (on the BLAS
+    a worker here uses, one thread: bench_blas.py)."""
     out = subprocess.run(
         [sys.executable, "-m", "cluster.bench.baseline", str(model_dir), "--prompt-tokens", str(prompt_tokens),
          "--gen-tokens", str(gen_tokens), "--prefill-chunk", str(prefill_chunk)],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env=baseline_env(),
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def report(cluster: ClusterFigures, baseline: dict) -> dict:
+def report(cluster: ClusterFigures, baseline: dict, *, dtype: str = "", blas: dict | None = None) -> dict:
     return {
         "cluster": asdict(cluster),
         "single_process": baseline,
         "decode_ratio": cluster.decode_tps / baseline["decode_tps"],
         "prefill_ratio": cluster.prefill_tps / baseline["prefill_tps"],
         "hop_overhead_ms": cluster.hop_overhead_ms_median,
+        "dtype": dtype,
+        "blas": {"cluster": dict(blas or {}), "single_process": baseline.get("blas", "not reported")},
     }
 
 
@@ -102,4 +106,5 @@ def format_table(result: dict) -> str:
         f"per-hop overhead: {c['hop_overhead_ms_median']:.3f} ms median, {c['hop_overhead_ms_mean']:.3f} ms mean "
         f"({c['stages'] + 1} hops; step {c['step_ms_per_token']:.2f} ms, compute {c['compute_ms_per_token']:.2f} ms per token)"
     )
+    lines.append(f"model: {result.get('dtype') or '?'}; {blas_summary(result.get('blas', {}))}")
     return "\n".join(lines)

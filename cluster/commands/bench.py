@@ -4,6 +4,9 @@ Without --concurrency: one stream, decode and prefill tokens/s and the per-hop o
 With --concurrency 1,2,4,8: several streams at once at each level (aggregate tokens/s, TTFT,
 inter-token latency), optionally also with every process pinned to its own core; writes
 JSON and a PNG chart.
+With --float32: both sides serve a float32 copy of the model (made once, cluster/bench/float32_model.py),
+so every matrix product goes through the BLAS. Both sides use the same BLAS (bench_blas.py), one
+OpenBLAS thread per process, and the report names it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import os
 import sys
 from pathlib import Path
 
+from cluster.bench.bench_blas import cluster_blas, one_thread_each
 from cluster.bench.chart import write_chart
+from cluster.bench.float32_model import float32_copy, model_dtype
 from cluster.bench.load import format_load_table, load_report, measure_baseline_load, measure_cluster_load, pin_cluster
 from cluster.bench.versus_mlx_lm import format_table, measure_baseline, measure_cluster, report
-from cluster.inventory import Inventory, load_inventory
-from cluster.launch.bring_up import bring_up
+from cluster.inventory import Inventory, ModelSpec, load_inventory
+from cluster.launch.bring_up import RunningCluster, bring_up
+from cluster.launch.model_source import resolve_model, served_model_name
 
 
 def _levels(text: str) -> list[int]:
@@ -44,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pinned", action="store_true",
                    help="with --concurrency: also measure with stage i pinned to core i and the baseline on one core")
     p.add_argument("--stages", type=int, default=None, help="use only the first N nodes of the inventory")
+    p.add_argument("--float32", action="store_true",
+                   help="serve a float32 copy of the model on both sides (made once in the model cache), so every "
+                        "matrix product goes through the BLAS")
     p.add_argument("--out", type=Path, default=Path("bench-results"),
                    help="with --concurrency: directory for bench.json and bench.png (default ./bench-results)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
@@ -56,13 +65,30 @@ def _inventory(args: argparse.Namespace) -> Inventory:
         if not 1 <= args.stages <= len(inventory.nodes):
             raise SystemExit(f"error: --stages must lie in 1-{len(inventory.nodes)} (the inventory's nodes)")
         inventory = dataclasses.replace(inventory, nodes=inventory.nodes[: args.stages])
+    if args.float32:
+        inventory = float32_inventory(inventory)
     return inventory
 
 
+def float32_inventory(inventory: Inventory) -> Inventory:
+    """The same cluster serving the float32 copy of its model, under the same name; every node is
+    sent the copy's own shard (a node's `model_path` holds the stored model, not this one)."""
+    info = resolve_model(inventory.model)
+    model = ModelSpec(path=float32_copy(info.path), name=served_model_name(inventory.model, info))
+    return dataclasses.replace(inventory, model=model,
+                               nodes=[dataclasses.replace(n, model_path=None) for n in inventory.nodes])
+
+
+def _sides(cluster: RunningCluster) -> tuple[str, dict[str, str]]:
+    """The served model's dtype and each node's BLAS, as the report states them."""
+    return model_dtype(cluster.model.path), cluster_blas([s.node for s in cluster.plan], cluster.infos)
+
+
 async def _bench_single(args: argparse.Namespace) -> dict:
-    inventory = _inventory(args)
+    inventory = await asyncio.to_thread(_inventory, args)
     print("bringing the cluster up...", file=sys.stderr)
     cluster = await bring_up(inventory, show_progress=False)
+    dtype, blas = _sides(cluster)
     try:
         print(f"measuring the cluster ({len(cluster.plan)} stages)...", file=sys.stderr)
         figures = await measure_cluster(cluster, args.prompt_tokens, args.gen_tokens)
@@ -72,14 +98,15 @@ async def _bench_single(args: argparse.Namespace) -> dict:
     baseline = await asyncio.to_thread(
         measure_baseline, cluster.model.path, args.prompt_tokens, args.gen_tokens, inventory.prefill_chunk
     )
-    return report(figures, baseline)
+    return report(figures, baseline, dtype=dtype, blas=blas)
 
 
 async def _bench_load(args: argparse.Namespace) -> dict:
-    inventory = _inventory(args)
+    inventory = await asyncio.to_thread(_inventory, args)
     levels = args.concurrency
     print("bringing the cluster up...", file=sys.stderr)
     cluster = await bring_up(inventory, show_progress=False)
+    dtype, blas = _sides(cluster)
     pinned = None
     try:
         print(f"measuring the cluster ({len(cluster.plan)} stages) at concurrency {levels}...", file=sys.stderr)
@@ -93,14 +120,16 @@ async def _bench_load(args: argparse.Namespace) -> dict:
         await cluster.close()
     model_dir, chunk = cluster.model.path, inventory.prefill_chunk
     print("measuring mlx-lm in one process...", file=sys.stderr)
-    single = await asyncio.to_thread(measure_baseline_load, model_dir, levels, args.prompt_tokens, args.gen_tokens, chunk)
+    single, single_blas = await asyncio.to_thread(
+        measure_baseline_load, model_dir, levels, args.prompt_tokens, args.gen_tokens, chunk)
     if pinned is not None:
         core = min(os.sched_getaffinity(0))
         print(f"measuring mlx-lm in one process pinned to cpu{core}...", file=sys.stderr)
         pinned["baseline_cpu"] = core
-        pinned["single_process"] = await asyncio.to_thread(
+        pinned["single_process"], _ = await asyncio.to_thread(
             measure_baseline_load, model_dir, levels, args.prompt_tokens, args.gen_tokens, chunk, [core])
-    return load_report(levels, figures, single, len(cluster.plan), pinned)
+    return load_report(levels, figures, single, len(cluster.plan), pinned, dtype=dtype,
+                       blas={"cluster": blas, "single_process": single_blas})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     args.gen_tokens = args.gen_tokens or (32 if load else 64)
     if args.prompt_tokens < 2 or args.gen_tokens < 2:
         raise SystemExit("error: --prompt-tokens and --gen-tokens must be at least 2")
+    one_thread_each()  # the workers and the baseline alike: one OpenBLAS thread per process
     if not load:
         result = asyncio.run(_bench_single(args))
         print(json.dumps(result, indent=2) if args.json else format_table(result))
