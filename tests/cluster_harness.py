@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,22 +12,38 @@ from typing import AsyncIterator
 import psutil
 import yaml
 
-from cluster.inventory import Inventory, load_inventory
+from cluster.inventory import METRICS_PORT_OFFSET, Inventory, load_inventory
 from cluster.launch.bring_up import RunningCluster, bring_up
 
 
+# Test clusters listen below the kernel's ephemeral range (32768-60999 by default): a port handed out
+# by bind(0) can meanwhile become the local end of some outgoing connection, or be handed to a
+# test in the other xdist process; and a worker's metrics endpoint listens METRICS_PORT_OFFSET
+# above its port, which must be free too.
+PORT_RANGE = (20000, 32768 - METRICS_PORT_OFFSET)
+_handed_out: set[int] = set()
+_pick = random.SystemRandom()  # not the test-seeded `random`: both xdist processes would draw alike
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(n: int) -> list[int]:
-    """Ports the kernel just handed out as free (held together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """Distinct ports, each free now with its metrics port, none handed out before in this process."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = _pick.randrange(*PORT_RANGE)
+        if port in _handed_out or not (_bindable(port) and _bindable(port + METRICS_PORT_OFFSET)):
+            continue
+        _handed_out.add(port)
+        ports.append(port)
+    return ports
 
 
 def write_inventory(
