@@ -132,9 +132,10 @@ class StageModel:
         self._outside = make_prompt_cache(full_model)  # stand-in caches of the other layers
         kinds = [_cache_kind(c) for c in self._outside]
         # For batched steps: a stage layer whose cache can stand in for layer i's (same kind).
-        self._twin = {i: next((j for j in range(layers.start, layers.end) if kinds[j] == kind), None)
+        self._twin = {i: i if layers.start <= i < layers.end else
+                      next((j for j in range(layers.start, layers.end) if kinds[j] == kind), None)
                       for i, kind in enumerate(kinds)}
-        self.batch_problem = _batch_problem(make_prompt_cache(full_model))
+        self.batch_problem = _batch_problem(self._outside)
 
     def _hidden_size(self) -> int:
         args = getattr(self._inner, "args", None) or getattr(self._full, "args", None)
@@ -185,17 +186,15 @@ class StageModel:
             self._inner.layers = real
 
     def _batch_caches(self, cache: list, rows: int) -> list:
-        start, end = self.layer_range.start, self.layer_range.end
-        fresh = make_prompt_cache(self._full)
+        start, fresh = self.layer_range.start, None
         out = []
-        for i in range(len(fresh)):
-            twin = self._twin[i]
-            if start <= i < end:
-                out.append(cache[i - start])
-            elif twin is not None:
+        for i, twin in self._twin.items():  # a stage layer is its own twin
+            if twin is not None:
                 out.append(cache[twin - start])
-            else:
-                out.append(fresh[i].merge([fresh[i]] * rows))
+                continue
+            # An empty batched cache of the kind: its mask serves no layer of this stage.
+            fresh = fresh or make_prompt_cache(self._full)
+            out.append(fresh[i].merge([fresh[i]] * rows))
         return out
 
     def _record(self, ids: mx.array, cache: list | None, position: int, stop_at: int, *,
