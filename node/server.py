@@ -228,8 +228,9 @@ class WorkerService(pb_grpc.WorkerServicer):
         async for group in request_iterator:
             recv_ns = time.time_ns()
             accepted = []
+            group_problem = self._group_refusal(group)
             for step in group.steps:
-                if problem := self._refusal(step, group):
+                if problem := self._refusal(step, group_problem):
                     yield pb.StepAck(error=problem, session_id=step.session_id)
                     continue
                 self.metrics.received_step(step, recv_ns, hop_ns(step.timings[-1], recv_ns) if step.timings else None)
@@ -242,17 +243,26 @@ class WorkerService(pb_grpc.WorkerServicer):
                 self._inbox.put(step.session_id, (step, recv_ns), small=self._is_small(step),
                                 group=self._groups if together else None)
 
-    def _refusal(self, step: pb.Step, group: pb.StepGroup) -> str | None:
+    @staticmethod
+    def _group_refusal(group: pb.StepGroup):
+        """What refuses a step for the group it came in (None: nothing), judged once per group."""
+        if len(group.steps) > MAX_GROUP_STEPS:
+            return lambda step: f"a group carries {len(group.steps)} steps, more than {MAX_GROUP_STEPS}"
+        counts = collections.Counter(step.session_id for step in group.steps)
+        if max(counts.values(), default=1) > 1:
+            return lambda step: (f"session {step.session_id!r} has more than one step in a group"
+                                 if counts[step.session_id] > 1 else None)
+        return None
+
+    def _refusal(self, step: pb.Step, group_problem) -> str | None:
         """Why a received step is refused before the queue (None: it is queued)."""
         if self.slice is None:
             self.metrics.error("no_slice")
             self._report(step, "worker has no slice loaded", stage_lost=True)
             return "no slice loaded"
         problem = validate_step(step, self.slice.limits)
-        if problem is None and len(group.steps) > MAX_GROUP_STEPS:
-            problem = f"a group carries {len(group.steps)} steps, more than {MAX_GROUP_STEPS}"
-        if problem is None and sum(s.session_id == step.session_id for s in group.steps) > 1:
-            problem = f"session {step.session_id!r} has more than one step in a group"
+        if problem is None and group_problem is not None:
+            problem = group_problem(step)
         if problem is not None:
             # Refused before the queue: no session is touched, so garbage that names a live
             # session cannot end it or shift its cache. Only its reply_to hears of it.

@@ -135,12 +135,18 @@ def test_sessions_join_leave_and_step_alone_between_groups(model_type: str, tmp_
         assert d.tokens[session] == mlx_lm_greedy(model_dir, prompts[session], len(d.tokens[session])), session
 
 
-def test_a_refused_row_leaves_the_rest_of_its_group_to_run(tmp_path: Path) -> None:
+def two_sessions_on_one_stage(tmp_path: Path) -> tuple[Path, StageChain, Decoder]:
+    """A tiny llama on one stage, with sessions s14 and s5 past their prompts."""
     model_dir = write_tiny_model(tmp_path / "llama", "llama")
     chain = StageChain([model_dir], [0, 6])
     d = Decoder(chain)
     for n in (14, 5):
         d.start(f"s{n}", prompt(n))
+    return model_dir, chain, d
+
+
+def test_a_refused_row_leaves_the_rest_of_its_group_to_run(tmp_path: Path) -> None:
+    model_dir, chain, d = two_sessions_on_one_stage(tmp_path)
     runner = chain.runners[0]
     steps = [pb.Step(session_id="s14", position=d.position["s14"], token_ids=[d.next["s14"]], want_token=True),
              pb.Step(session_id="s5", position=d.position["s5"] + 3, token_ids=[d.next["s5"]], want_token=True),
@@ -156,11 +162,7 @@ def test_a_refused_row_leaves_the_rest_of_its_group_to_run(tmp_path: Path) -> No
 
 
 def test_kv_bytes_count_a_batch_once_and_ending_its_sessions_frees_it(tmp_path: Path) -> None:
-    model_dir = write_tiny_model(tmp_path / "llama", "llama")
-    chain = StageChain([model_dir], [0, 6])
-    d = Decoder(chain)
-    for n in (14, 5):
-        d.start(f"s{n}", prompt(n))
+    model_dir, chain, d = two_sessions_on_one_stage(tmp_path)
     sessions = chain.runners[0].sessions
     alone = sessions.kv_bytes()
     d.group(["s14", "s5"])

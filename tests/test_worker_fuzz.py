@@ -309,3 +309,15 @@ def _groups(steps: list[pb.Step]) -> list[pb.StepGroup]:
             groups.append([])
         groups[-1].append(step)
     return [pb.StepGroup(steps=g) for g in groups if g]
+
+
+def test_a_group_naming_a_session_twice_is_refused_for_that_session_only(pipeline) -> None:
+    async def send() -> list[pb.StepAck]:
+        twice = [pb.Step(session_id="dup", position=0, token_ids=[1], reply_to="") for _ in range(2)]
+        group = pb.StepGroup(steps=[*twice, pb.Step(session_id="fine", position=0, token_ids=[1, 2], reply_to="")])
+        acks = [ack async for ack in pipeline.stubs[0].Steps(iter([group]), timeout=60)]
+        await pipeline.stubs[0].EndSession(pb.EndSessionRequest(session_ids=["fine"]), timeout=30)
+        return acks
+
+    acks = pipeline.io.run(send())
+    assert [(a.session_id, a.error) for a in acks] == [("dup", "session 'dup' has more than one step in a group")] * 2
