@@ -116,6 +116,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             metrics_port=self.metrics_port,
             blas=self._blas,
             recent_batch_size=statistics.mean(self._recent_rows) if self._recent_rows else 0.0,
+            rollback_horizon=self.slice.runner.rollback_horizon if self.slice else 0,
+            rollback_problem=self.slice.runner.rollback_problem if self.slice else "",
             interfaces=[pb.NetInterface(name=i.name, address=i.address, prefix_len=i.prefix_len, kind=i.kind)
                         for i in listening_interfaces(self.listen_host, local_interfaces())],
         )
@@ -416,6 +418,9 @@ class WorkerService(pb_grpc.WorkerServicer):
                 result.token_id = out.token.token_id
                 result.logprob = out.token.logprob
                 result.top_logprobs.extend(pb.TopLogprob(token_id=t, logprob=lp) for t, lp in out.token.top)
+            for token in out.more or ():
+                result.more_tokens.add(token_id=token.token_id, logprob=token.logprob,
+                                       top_logprobs=[pb.TopLogprob(token_id=t, logprob=lp) for t, lp in token.top])
             self.metrics.sent_message(result)
             self.hub.publish(step.reply_to, result)
             return None
@@ -431,6 +436,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             reply_to=step.reply_to,
             timings=timings,
             decode=step.decode,
+            draft_ids=step.draft_ids,
         )
         self.metrics.sent_message(forward)
         return forward

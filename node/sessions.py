@@ -11,6 +11,7 @@ from typing import Callable
 
 import mlx.core as mx
 
+from node.rollback import drop_positions
 from node.session_batches import SessionBatch
 
 ENDED_MEMORY = 4096  # ended session ids remembered
@@ -18,6 +19,10 @@ ENDED_MEMORY = 4096  # ended session ids remembered
 
 class SessionError(Exception):
     """A step that names a session in a way this worker cannot honour."""
+
+
+class SessionLost(SessionError):
+    """The session's cache could not be brought to the step's position: it is no longer usable."""
 
 
 @dataclass
@@ -29,6 +34,7 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     steps: int = 0
     batch: SessionBatch | None = None
+    droppable: int = 0              # positions the last step guessed (speculation), which the next may drop
 
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.cache) if self.cache is not None else 0
@@ -71,9 +77,16 @@ class SessionStore:
             session = Session(session_id, self._make_cache())
             self._sessions[session_id] = session
         elif position != session.position:
-            raise SessionError(
-                f"session {session_id!r}: step starts at position {position} but the cache holds {session.position} tokens"
-            )
+            back = session.position - position
+            if not 0 < back <= session.droppable:
+                raise SessionError(
+                    f"session {session_id!r}: step starts at position {position} but the cache holds {session.position} tokens"
+                )
+            # The last step's guesses from `position` on were rejected: forget them.
+            if not drop_positions(self.own_cache(session), back):
+                raise SessionLost(f"session {session_id!r}: its cache could not drop {back} rejected positions")
+            session.position = position
+        session.droppable = 0
         session.last_used = time.monotonic()
         return session
 

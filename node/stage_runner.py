@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from node.rollback import rollback_horizon
 from node.sampling import SampledToken, new_key, sample
 from node.session_batches import evaluate
-from node.sessions import SessionError, SessionStore
+from node.sessions import SessionError, SessionLost, SessionStore
+from node.speculative import verify
 from node.stage_model import StageModel
 from node.wire import from_wire, to_wire
 from proto import boltpipe_pb2 as pb
@@ -32,6 +34,7 @@ class StepOutput:
     hidden: pb.Tensor | None = None      # for the next stage
     token: SampledToken | None = None    # last stage, when asked for a token
     num_tokens: int = 0
+    more: list[SampledToken] | None = None  # a speculative step's tokens after `token`
 
 
 class StageRunner:
@@ -41,6 +44,10 @@ class StageRunner:
         self.hidden_size = hidden_size
         self.vocab_size = vocab_size
         self.max_step_tokens = max_step_tokens
+        # Whether speculative steps can be undone here (node/rollback.py).
+        self.rollback_horizon, self.rollback_problem = (
+            rollback_horizon(stage.make_cache()) if isinstance(stage, StageModel)
+            else (-1, "the Core ML backend does not roll its state buffers back"))
 
     def _input(self, step: pb.Step) -> mx.array:
         if self.stage.is_first:
@@ -67,12 +74,28 @@ class StageRunner:
     def _session(self, step: pb.Step):
         try:
             return self.sessions.for_step(step.session_id, step.position)
+        except SessionLost as exc:
+            raise StepError(str(exc)) from exc
         except SessionError as exc:
             raise StepRefused(str(exc)) from exc
 
     def run(self, step: pb.Step) -> StepOutput:
         h = self._input(step)
+        if step.draft_ids:
+            self._check_speculative(step, h.shape[1])
         return self._run_one(step, h, self._session(step))
+
+    def _check_speculative(self, step: pb.Step, n: int) -> None:
+        if self.rollback_horizon < 0:
+            raise StepRefused(f"this stage cannot take speculative steps: {self.rollback_problem}")
+        if not step.want_token or len(step.draft_ids) >= n:
+            raise StepRefused(f"a speculative step carries its {len(step.draft_ids)} drafts after at least one "
+                              f"accepted token and asks for a token; this one has {n} inputs")
+        if self.rollback_horizon and step.position + n > self.rollback_horizon:
+            raise StepRefused(f"a speculative step may end at position {self.rollback_horizon} at most on this "
+                              f"stage (its sliding window), this one ends at {step.position + n}")
+        if self.stage.is_first and list(step.token_ids[n - len(step.draft_ids):]) != list(step.draft_ids):
+            raise StepRefused("draft_ids must be the last token_ids of a speculative step")
 
     def _run_one(self, step: pb.Step, h: mx.array, session) -> StepOutput:
         n = h.shape[1]
@@ -82,6 +105,13 @@ class StageRunner:
         if not self.stage.is_last:
             mx.eval(h)
             out.hidden = to_wire(h)
+        elif step.want_token and step.draft_ids:
+            drafts = list(step.draft_ids)
+            logits = self.stage.head(h[:, -(len(drafts) + 1):, :])[0]
+            if session.key is None and step.sampling.temperature > 0:
+                session.key = new_key(step.sampling)
+            tokens, session.key = verify(logits, drafts, step.sampling, session.key)
+            out.token, out.more = tokens[0], tokens[1:]
         elif step.want_token:
             out.token = self._sample(self.stage.head(h[:, -1:, :])[:, -1, :], step, session)
         # Prefill chunks need only this (as mlx-lm's prefill); after other steps it computes what the
@@ -89,6 +119,7 @@ class StageRunner:
         evaluate(cache)
         session.position += n
         session.steps += 1
+        session.droppable = len(step.draft_ids)
         return out
 
     @staticmethod

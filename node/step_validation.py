@@ -98,6 +98,8 @@ def validate_step(step: pb.Step, limits: StepLimits) -> str | None:
         tokens, problem = _hidden_input(step, limits)
     if problem:
         return problem
+    if step.draft_ids and (problem := _check_drafts(step, tokens, limits)):
+        return problem
     position = step.position
     if position < 0:
         return f"position: expected >= 0, got {position}"
@@ -144,6 +146,20 @@ def _hidden_input(step: pb.Step, limits: StepLimits) -> tuple[int, str | None]:
     if len(tensor.data) != need:
         return 0, f"hidden.data: expected {need} bytes for shape (1, {tokens}, {limits.hidden_size}) of {tensor.dtype}, got {len(tensor.data)}"
     return tokens, None
+
+
+def _check_drafts(step: pb.Step, tokens: int, limits: StepLimits) -> str | None:
+    drafts = step.draft_ids
+    if len(drafts) >= tokens:
+        return f"draft_ids: expected fewer drafts than the step's {tokens} inputs, got {len(drafts)}"
+    if not step.want_token:
+        return "draft_ids: a speculative step must ask for a token (want_token)"
+    values = list(drafts)
+    if min(values) < 0 or max(values) >= limits.vocab_size:
+        return f"draft_ids: expected ids in [0, {limits.vocab_size}), got {min(values) if min(values) < 0 else max(values)}"
+    if limits.is_first and list(step.token_ids[tokens - len(values):]) != values:
+        return "draft_ids: expected the last token_ids of the step (the drafts it carries)"
+    return None
 
 
 def check_sampling(params: pb.SamplingParams) -> str | None:

@@ -21,7 +21,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces", "recent_step_ms", "steps_done", "metrics_port", "blas", "recent_batch_size")
+    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces", "recent_step_ms", "steps_done", "metrics_port", "blas", "recent_batch_size", "rollback_horizon", "rollback_problem")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOLTPIPE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,8 @@ class NodeInfo(_message.Message):
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
     BLAS_FIELD_NUMBER: _ClassVar[int]
     RECENT_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_HORIZON_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boltpipe_version: str
     protocol_version: int
@@ -68,7 +70,9 @@ class NodeInfo(_message.Message):
     metrics_port: int
     blas: str
     recent_batch_size: float
-    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., recent_step_ms: _Optional[float] = ..., steps_done: _Optional[int] = ..., metrics_port: _Optional[int] = ..., blas: _Optional[str] = ..., recent_batch_size: _Optional[float] = ...) -> None: ...
+    rollback_horizon: int
+    rollback_problem: str
+    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., recent_step_ms: _Optional[float] = ..., steps_done: _Optional[int] = ..., metrics_port: _Optional[int] = ..., blas: _Optional[str] = ..., recent_batch_size: _Optional[float] = ..., rollback_horizon: _Optional[int] = ..., rollback_problem: _Optional[str] = ...) -> None: ...
 
 class NetInterface(_message.Message):
     __slots__ = ("name", "address", "prefix_len", "kind")
@@ -199,7 +203,7 @@ class ClockReply(_message.Message):
     def __init__(self, recv_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., machine_id: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("session_id", "step_id", "position", "token_ids", "hidden", "want_token", "sampling", "reply_to", "timings", "decode")
+    __slots__ = ("session_id", "step_id", "position", "token_ids", "hidden", "want_token", "sampling", "reply_to", "timings", "decode", "draft_ids")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +214,7 @@ class Step(_message.Message):
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step_id: int
     position: int
@@ -220,7 +225,8 @@ class Step(_message.Message):
     reply_to: str
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     decode: bool
-    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., want_token: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., reply_to: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., decode: _Optional[bool] = ...) -> None: ...
+    draft_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., want_token: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., reply_to: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., decode: _Optional[bool] = ..., draft_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepGroup(_message.Message):
     __slots__ = ("steps",)
@@ -237,7 +243,7 @@ class TopLogprob(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., logprob: _Optional[float] = ...) -> None: ...
 
 class StepResult(_message.Message):
-    __slots__ = ("session_id", "step_id", "token_id", "logprob", "top_logprobs", "timings", "error", "failed_stage", "decode", "stage_lost")
+    __slots__ = ("session_id", "step_id", "token_id", "logprob", "top_logprobs", "timings", "error", "failed_stage", "decode", "stage_lost", "more_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +254,7 @@ class StepResult(_message.Message):
     FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
     STAGE_LOST_FIELD_NUMBER: _ClassVar[int]
+    MORE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step_id: int
     token_id: int
@@ -258,7 +265,18 @@ class StepResult(_message.Message):
     failed_stage: int
     decode: bool
     stage_lost: bool
-    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., error: _Optional[str] = ..., failed_stage: _Optional[int] = ..., decode: _Optional[bool] = ..., stage_lost: _Optional[bool] = ...) -> None: ...
+    more_tokens: _containers.RepeatedCompositeFieldContainer[ChosenToken]
+    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., error: _Optional[str] = ..., failed_stage: _Optional[int] = ..., decode: _Optional[bool] = ..., stage_lost: _Optional[bool] = ..., more_tokens: _Optional[_Iterable[_Union[ChosenToken, _Mapping]]] = ...) -> None: ...
+
+class ChosenToken(_message.Message):
+    __slots__ = ("token_id", "logprob", "top_logprobs")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    logprob: float
+    top_logprobs: _containers.RepeatedCompositeFieldContainer[TopLogprob]
+    def __init__(self, token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top_logprobs: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ...) -> None: ...
 
 class StepAck(_message.Message):
     __slots__ = ("error", "session_id")
