@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from deploy.ssh_target import DEFAULT_INSTALL_DIR, KNOWN_HOSTS_POLICIES, SshTarget
+from cluster.pipeline.speculation import DRAFTERS
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 METRICS_PORT_OFFSET = 1000
@@ -131,6 +132,8 @@ class Inventory:
     health_timeout_s: float = 2.0     # a health check's deadline (two missed in a row: the stage is down)
     max_batch: int = 32               # sessions a stage computes in one decode pass (1: no batching)
     batches_in_flight: int = 0        # decode batches travelling the ring at once (0: one per stage)
+    speculation: str = "prompt_lookup"  # drafts checked several per trip by a lone stream: prompt_lookup, off
+    max_draft_tokens: int = 4         # most drafts one trip carries (the controller picks fewer when they miss)
     tls: str = "auto"                 # mutual TLS between coordinator and workers: auto (beyond loopback), on, off
     extra: dict = field(default_factory=dict)
 
@@ -381,7 +384,16 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
         problems.append(f"pipeline: expected a mapping, got {pipeline!r}")
     else:
         _known_keys(pipeline, ("prefill_chunk", "kv_budget_mb", "runtime_overhead_mb", "health_interval_s",
-                               "health_timeout_s", "max_batch", "batches_in_flight"), "pipeline", problems)
+                               "health_timeout_s", "max_batch", "batches_in_flight", "speculation",
+                               "max_draft_tokens"), "pipeline", problems)
+        limits["speculation"] = pipeline.get("speculation", "prompt_lookup")
+        if limits["speculation"] is False:  # YAML's bare `off`
+            limits["speculation"] = "off"
+        if limits["speculation"] not in DRAFTERS:
+            problems.append(f"pipeline.speculation: expected one of {', '.join(DRAFTERS)}, "
+                            f"got {limits['speculation']!r}")
+            limits["speculation"] = "prompt_lookup"
+        limits["max_draft_tokens"] = _bounded(pipeline, "max_draft_tokens", 4, 1, 16, "pipeline", problems)
         limits["max_batch"] = _bounded(pipeline, "max_batch", 32, 1, 256, "pipeline", problems)
         limits["batches_in_flight"] = _bounded(pipeline, "batches_in_flight", 0, 0, 64, "pipeline", problems)
         limits["health_interval_s"] = float(_bounded(pipeline, "health_interval_s", 1.0, 0.05, 60, "pipeline", problems,

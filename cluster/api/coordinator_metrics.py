@@ -67,6 +67,13 @@ class CoordinatorMetrics:
                                m, registry=r)
         self.stage_failures = Counter("boltpipe_coordinator_stage_failures", "times a stage was marked down",
                                       m + ("stage",), registry=r)
+        d = m + ("drafter",)
+        self.spec_trips = Counter("boltpipe_coordinator_speculative_trips",
+                                  "trips around the ring that carried drafted tokens", d, registry=r)
+        self.drafted = Counter("boltpipe_coordinator_drafted_tokens", "tokens drafted for speculative trips",
+                               d, registry=r)
+        self.accepted = Counter("boltpipe_coordinator_accepted_tokens", "drafted tokens the last stage kept",
+                                d, registry=r)
         self.replays.labels(model_name)
         for reason in FINISH_REASONS:
             self.success.labels(model_name, reason)
@@ -87,6 +94,12 @@ class CoordinatorMetrics:
 
     def replayed(self) -> None:
         self.replays.labels(self.model_name).inc()
+
+    def speculated(self, drafter: str, drafted: int, kept: int) -> None:
+        """One speculative trip: it gave kept + 1 tokens."""
+        self.spec_trips.labels(self.model_name, drafter).inc()
+        self.drafted.labels(self.model_name, drafter).inc(drafted)
+        self.accepted.labels(self.model_name, drafter).inc(kept)
 
     def stage_changed(self, stage: int, up: bool, why: str) -> None:
         if not up:

@@ -64,6 +64,15 @@ def _number(body: dict, key: str, default, *, low=None, high=None, integer=False
     return value
 
 
+def _flag(body: dict, key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RequestError(f"'{key}' must be a boolean, got {value!r}", key)
+    return value
+
+
 def _stop(body: dict) -> list[str]:
     stop = body.get("stop")
     if stop is None:
@@ -111,6 +120,7 @@ def parse_request(body: Any, *, chat: bool, default_max_tokens: int) -> ParsedRe
         seed=seed,
         stop=_stop(body),
         top_logprobs=top_logprobs,
+        speculate=_flag(body, "speculation", True),
     )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):

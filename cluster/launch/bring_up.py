@@ -29,6 +29,7 @@ from cluster.pipeline.decode_batcher import DecodeBatcher
 from cluster.pipeline.engine import Engine
 from cluster.pipeline.pipeline_client import PipelineClient, StageEndpoint
 from cluster.pipeline.stage_watch import WatchSettings
+from cluster.pipeline.speculation import plan_speculation
 from cluster.pipeline.tokenizer import PromptTokenizer
 from cluster.planning.cluster_plan import ClusterPlan, PlannedStage, make_plan
 from cluster.planning.discovery import Browser, DiscoveryTimeout
@@ -217,12 +218,16 @@ async def bring_up(
         batcher = (DecodeBatcher(client, max_lanes=inventory.batches_in_flight or len(plan.stages),
                                  max_batch=inventory.max_batch) if inventory.max_batch > 1 else None)
         engine = Engine(client, tokenizer, prefill_chunk=inventory.prefill_chunk, vocab_size=model.vocab_size,
-                        replay=inventory.replay, replay_timeout_s=inventory.replay_timeout_s, batcher=batcher)
+                        replay=inventory.replay, replay_timeout_s=inventory.replay_timeout_s, batcher=batcher,
+                        speculation=plan_speculation(inventory.speculation, inventory.max_draft_tokens, infos))
+        if engine.speculation.problem:
+            log.warning("speculative decoding is off: %s", engine.speculation.problem)
         admission = Admission(plan.max_sessions, inventory.max_queue, inventory.queue_timeout_s)
         metrics = CoordinatorMetrics(model_name, admission)
         client.on_return_hop = metrics.observe_return_hop
         client.watch.on_change = metrics.stage_changed
         engine.on_replay = metrics.replayed
+        engine.on_speculated = metrics.speculated
         cluster = RunningCluster(inventory, model, model_name, plan, workers, client, engine, admission, metrics,
                                  infos, browser, vanished, defaults=model_defaults(inventory.model))
         cluster.supervisor = asyncio.create_task(keep_running(cluster.local_workers, cluster.worker_restarted))

@@ -14,6 +14,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 from cluster.pipeline.decode_batcher import DecodeBatcher
 from cluster.pipeline.pipeline_client import PipelineClient, PipelineError, StageFailure
+from cluster.pipeline.speculation import SessionDrafter, SpeculationPlan
 from cluster.pipeline.text_stream import IncrementalDecoder, StopMatcher
 from cluster.pipeline.tokenizer import PromptTokenizer
 from proto import boltpipe_pb2 as pb
@@ -32,6 +33,7 @@ class GenerationParams:
     stop: Sequence[str] = ()
     top_logprobs: int = 0
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    speculate: bool = True    # may draft tokens when the pipeline speculates (a request may opt out)
 
     def to_wire(self) -> pb.SamplingParams:
         return pb.SamplingParams(
@@ -88,6 +90,7 @@ class Engine:
         replay_timeout_s: float = 120.0,
         max_replays: int = 3,
         batcher: DecodeBatcher | None = None,
+        speculation: SpeculationPlan | None = None,
     ):
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be at least 1")
@@ -100,7 +103,11 @@ class Engine:
         self.replay_timeout_s = replay_timeout_s
         self.max_replays = max_replays
         self.batcher = batcher
+        self.speculation = speculation or SpeculationPlan("off")
         self.on_replay: Callable[[], None] | None = None  # metrics
+        # metrics: (drafter, drafted, kept) for each speculative trip
+        self.on_speculated: Callable[[str, int, int], None] | None = None
+        self._decoding: set[str] = set()  # sessions in their decode loop (speculation: only alone)
 
     async def tokens(self, prompt_ids: Sequence[int], params: GenerationParams,
                      on_token: Callable[[], None] | None = None) -> AsyncIterator[TokenStep]:
@@ -165,41 +172,64 @@ class Engine:
                 position += 1
             next_input = inputs[-1]
             first_token_step = step_id
-            for _ in range(params.max_tokens - len(generated)):
+            # A seeded sampled request does not speculate: how many drafts a trip carries follows
+            # measured times, and the draws with it, so its tokens would change from run to run.
+            speculate = self.speculation.on and params.speculate and (params.temperature <= 0 or params.seed is None)
+            drafter = SessionDrafter(self.speculation, [*prompt_ids, *generated]) if speculate else None
+            self._decoding.add(session_id)
+            remaining = params.max_tokens - len(generated)
+            while remaining > 0:
                 sent_ns = time.time_ns()
+                decode = step_id > first_token_step or bool(generated)
+                drafts = drafter.propose(position, remaining) if drafter and len(self._decoding) == 1 else []
                 step = pb.Step(
                     session_id=session_id,
                     step_id=step_id,
                     position=position,
-                    token_ids=[next_input],
+                    token_ids=[next_input, *drafts],
                     want_token=True,
                     sampling=sampling,
-                    decode=step_id > first_token_step or bool(generated),
+                    decode=decode,
+                    draft_ids=drafts,
                 )
-                batched = step.decode and self.batcher is not None
+                batched = decode and not drafts and self.batcher is not None
                 if batched:
                     self.batcher.send(step)
                 else:
                     self.client.send(step)
                 wanted = step_id
                 step_id += 1
-                position += 1
                 try:
                     result = await self._result_for(results, wanted)
                 finally:
                     if batched:
                         self.batcher.returned(session_id)
-                token = TokenStep(
-                    token_id=result.token_id,
-                    logprob=result.logprob,
-                    top=[(t.token_id, t.logprob) for t in result.top_logprobs],
-                    sent_ns=sent_ns,
-                    received_ns=time.time_ns(),
-                    timings=list(result.timings),
-                )
-                yield token
-                next_input = token.token_id
+                received_ns = time.time_ns()
+                chosen = [(result.token_id, result.logprob, result.top_logprobs), *(
+                    (t.token_id, t.logprob, t.top_logprobs) for t in result.more_tokens)][:remaining]
+                if drafter is not None:
+                    kept = len(chosen) - 1
+                    # Trip times teach the costs only when nothing else shared the trip (the first
+                    # step waits behind the prompt's chunks; a batched one carries other sessions).
+                    drafter.trip(1 + len(drafts), len(drafts), kept,
+                                 (received_ns - sent_ns) / 1e9 if decode and not batched else None)
+                    drafter.add([token_id for token_id, _, _ in chosen])
+                    if drafts and self.on_speculated is not None:
+                        self.on_speculated(self.speculation.drafter, len(drafts), kept)
+                for token_id, logprob, top in chosen:
+                    yield TokenStep(
+                        token_id=token_id,
+                        logprob=logprob,
+                        top=[(t.token_id, t.logprob) for t in top],
+                        sent_ns=sent_ns,
+                        received_ns=received_ns,
+                        timings=list(result.timings),
+                    )
+                position += len(chosen)
+                remaining -= len(chosen)
+                next_input = chosen[-1][0]
         finally:
+            self._decoding.discard(session_id)
             if self.batcher is not None:
                 self.batcher.leave(session_id)
             # Shielded: a request cancelled (its client left) still ends its session everywhere.
