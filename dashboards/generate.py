@@ -271,7 +271,21 @@ def _request_panels() -> list[timeseries.Panel]:
             coordinator("request_queue_time_seconds", (0.95,)),
             "How long requests wait for admission at the coordinator.",
         ),
+        _speculation_panel(),
     ]
+
+
+def _speculation_panel() -> timeseries.Panel:
+    kept = _sum_rate("boltpipe_coordinator_accepted_tokens_total", CLUSTER, "drafter")
+    drafted = _sum_rate("boltpipe_coordinator_drafted_tokens_total", CLUSTER, "drafter")
+    trips = _sum_rate("boltpipe_coordinator_speculative_trips_total", CLUSTER, "drafter")
+    return _timeseries(
+        "Speculative decoding: drafts kept / tokens per trip",
+        "short",
+        [(f"{kept} / {drafted}", "{{drafter}} share kept"), (f"1 + {kept} / {trips}", "{{drafter}} tokens per trip")],
+        "Of the trips that carried drafted tokens (a stream decoding alone): the share of drafts the last "
+        "stage kept, and the tokens each such trip gave.",
+    )
 
 
 def _load_panels() -> list[timeseries.Panel]:

@@ -285,7 +285,8 @@ def test_unknown_serve_key(tmp_path: Path) -> None:
 def test_unknown_pipeline_key(tmp_path: Path) -> None:
     problem = the_problem(valid(pipeline={"prefill_chunk": 64, "batch": 4}), tmp_path)
     assert problem == ("pipeline.batch: unknown field (allowed: prefill_chunk, kv_budget_mb, runtime_overhead_mb, "
-                       "health_interval_s, health_timeout_s, max_batch, batches_in_flight)")
+                       "health_interval_s, health_timeout_s, max_batch, batches_in_flight, speculation, "
+                       "max_draft_tokens)")
 
 
 def test_batching_settings_and_their_defaults(tmp_path: Path) -> None:
@@ -295,6 +296,18 @@ def test_batching_settings_and_their_defaults(tmp_path: Path) -> None:
     assert (inv.max_batch, inv.batches_in_flight) == (1, 2)
     assert the_problem(valid(pipeline={"max_batch": 0}), tmp_path) == \
         "pipeline.max_batch: expected an integer 1-256, got 0"
+
+
+def test_speculation_settings_and_their_defaults(tmp_path: Path) -> None:
+    inv = parse_inventory(valid(), source=tmp_path / "inv.yaml")
+    assert (inv.speculation, inv.max_draft_tokens) == ("prompt_lookup", 4)
+    for off in ("off", False):  # YAML reads a bare `off` as false
+        inv = parse_inventory(valid(pipeline={"speculation": off, "max_draft_tokens": 8}), source=tmp_path / "inv.yaml")
+        assert (inv.speculation, inv.max_draft_tokens) == ("off", 8)
+    assert the_problem(valid(pipeline={"speculation": "medusa"}), tmp_path) == \
+        "pipeline.speculation: expected one of prompt_lookup, off, got 'medusa'"
+    assert the_problem(valid(pipeline={"max_draft_tokens": 0}), tmp_path) == \
+        "pipeline.max_draft_tokens: expected an integer 1-16, got 0"
 
 
 def test_fault_and_security_settings_and_their_defaults(tmp_path: Path) -> None:

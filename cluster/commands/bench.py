@@ -4,6 +4,8 @@ Without --concurrency: one stream, decode and prefill tokens/s and the per-hop o
 With --concurrency 1,2,4,8: several streams at once at each level (aggregate tokens/s, TTFT,
 inter-token latency), optionally also with every process pinned to its own core; writes
 JSON and a PNG chart.
+With --speculative: one stream, speculation on against off in the same cluster, by prompt class
+(cluster/bench/speculative.py).
 With --float32: both sides serve a float32 copy of the model (made once, cluster/bench/float32_model.py),
 so every matrix product goes through the BLAS. Both sides use the same BLAS (bench_blas.py), one
 OpenBLAS thread per process, and the report names it.
@@ -22,6 +24,7 @@ from pathlib import Path
 from cluster.bench.bench_blas import cluster_blas, one_thread_each
 from cluster.bench.chart import write_chart
 from cluster.bench.float32_model import float32_copy, model_dtype
+from cluster.bench.speculative import format_speculative, measure_speculative
 from cluster.bench.load import format_load_table, load_report, measure_baseline_load, measure_cluster_load, pin_cluster
 from cluster.bench.versus_mlx_lm import format_table, measure_baseline, measure_cluster, report
 from cluster.inventory import Inventory, ModelSpec, load_inventory
@@ -53,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--float32", action="store_true",
                    help="serve a float32 copy of the model on both sides (made once in the model cache), so every "
                         "matrix product goes through the BLAS")
+    p.add_argument("--speculative", action="store_true",
+                   help="one stream, speculative decoding on against off, for prompts that copy their input and one "
+                        "that does not")
+    p.add_argument("--repeats", type=int, default=3, help="with --speculative: runs of each prompt each way (median)")
     p.add_argument("--out", type=Path, default=Path("bench-results"),
                    help="with --concurrency: directory for bench.json and bench.png (default ./bench-results)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
@@ -101,6 +108,22 @@ async def _bench_single(args: argparse.Namespace) -> dict:
     return report(figures, baseline, dtype=dtype, blas=blas)
 
 
+async def _bench_speculative(args: argparse.Namespace) -> dict:
+    inventory = await asyncio.to_thread(_inventory, args)
+    print("bringing the cluster up...", file=sys.stderr)
+    cluster = await bring_up(inventory, show_progress=False)
+    dtype, blas = _sides(cluster)
+    try:
+        if not cluster.engine.speculation.on:
+            raise SystemExit(f"error: this cluster does not speculate: "
+                             f"{cluster.engine.speculation.problem or 'pipeline.speculation is off'}")
+        print(f"measuring {len(cluster.plan)} stages, speculation off and on...", file=sys.stderr)
+        result = await measure_speculative(cluster, args.gen_tokens, args.repeats)
+    finally:
+        await cluster.close()
+    return result | {"dtype": dtype, "blas": blas}
+
+
 async def _bench_load(args: argparse.Namespace) -> dict:
     inventory = await asyncio.to_thread(_inventory, args)
     levels = args.concurrency
@@ -136,6 +159,17 @@ def run(args: argparse.Namespace) -> int:
     load = args.concurrency is not None
     if args.pinned and not load:
         raise SystemExit("error: --pinned goes with --concurrency")
+    if args.speculative:
+        if load:
+            raise SystemExit("error: --speculative measures one stream; leave out --concurrency")
+        if args.repeats < 1:
+            raise SystemExit("error: --repeats must be at least 1")
+        args.gen_tokens = args.gen_tokens or 96
+        one_thread_each()
+        result = asyncio.run(_bench_speculative(args))
+        print(json.dumps(result, indent=2) if args.json else format_speculative(result)
+              + f"\nmodel {result['dtype']}, BLAS {', '.join(sorted(set(result['blas'].values())))}")
+        return 0
     args.prompt_tokens = args.prompt_tokens or (64 if load else 512)
     args.gen_tokens = args.gen_tokens or (32 if load else 64)
     if args.prompt_tokens < 2 or args.gen_tokens < 2:

@@ -151,11 +151,21 @@ class CoordinatorFigures:
     ttft_p50_ms: float | None
     itl_p50_ms: float | None
     itl_p95_ms: float | None
+    # Speculative decoding since the coordinator started (totals: a window often has no trip).
+    speculative_trips: int = 0
+    acceptance: float | None = None       # drafted tokens the last stage kept
+    tokens_per_trip: float | None = None  # of the speculative trips
 
 
 def coordinator_figures(before: Scrape, after: Scrape) -> CoordinatorFigures:
     itl = bucket_increase(before, after, "boltpipe:inter_token_latency_seconds")
+    trips = after.total("boltpipe_coordinator_speculative_trips_total")
+    drafted = after.total("boltpipe_coordinator_drafted_tokens_total")
+    kept = after.total("boltpipe_coordinator_accepted_tokens_total")
     return CoordinatorFigures(
+        speculative_trips=int(trips),
+        acceptance=_round(kept / drafted) if drafted else None,
+        tokens_per_trip=_round(1 + kept / trips) if trips else None,
         running=int(after.total("boltpipe:num_requests_running")),
         waiting=int(after.total("boltpipe:num_requests_waiting")),
         generated_per_s=counter_rate(before, after, "boltpipe:generation_tokens_total"),

@@ -143,6 +143,10 @@ def render(rows: list[dict], coordinator: dict | None, api_line: str, interval_s
                      f"generated {_cell(coordinator['generated_per_s'])} tokens/s; TTFT p50 "
                      f"{_cell(coordinator['ttft_p50_ms'], ' ms')}; inter-token p50 {_cell(coordinator['itl_p50_ms'], ' ms')}"
                      f", p95 {_cell(coordinator['itl_p95_ms'], ' ms')}")
+        if coordinator.get("speculative_trips"):
+            lines.append(f"speculation: {coordinator['speculative_trips']} trips with drafts, "
+                         f"{coordinator['acceptance']:.0%} of drafts kept, "
+                         f"{coordinator['tokens_per_trip']:.2f} tokens per such trip")
     lines.append(f"(live figures over the last {interval_s:g} s, from each node's /metrics; batch: sessions per "
                  "decode forward pass)")
     return "\n".join(lines)
