@@ -105,6 +105,7 @@ class ModelSpec:
     name: str | None = None     # the id the API serves it under
     hf: str | None = None       # SSH nodes download their own files from this Hugging Face repository
     revision: str | None = None # of the hf repository
+    draft: "ModelSpec | None" = None  # a smaller model with the same tokenizer, for speculative decoding
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Inventory:
     health_timeout_s: float = 2.0     # a health check's deadline (two missed in a row: the stage is down)
     max_batch: int = 32               # sessions a stage computes in one decode pass (1: no batching)
     batches_in_flight: int = 0        # decode batches travelling the ring at once (0: one per stage)
-    speculation: str = "prompt_lookup"  # drafts checked several per trip by a lone stream: prompt_lookup, off
+    speculation: str = "prompt_lookup"  # drafts checked several per trip by a lone stream: prompt_lookup, draft_model, off
     max_draft_tokens: int = 4         # most drafts one trip carries (the controller picks fewer when they miss)
     tls: str = "auto"                 # mutual TLS between coordinator and workers: auto (beyond loopback), on, off
     extra: dict = field(default_factory=dict)
@@ -182,11 +183,17 @@ def _known_keys(mapping: dict, allowed: tuple[str, ...], where: str, problems: l
             problems.append(f"{where}.{key}: unknown field (allowed: {', '.join(allowed)})")
 
 
-def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
+def _parse_model(raw: Any, base: Path, problems: list[str], where: str = "model") -> ModelSpec:
     if not isinstance(raw, dict):
-        problems.append(f"model: expected a mapping with `gguf`, `path` or `ollama`, got {type(raw).__name__}")
+        problems.append(f"{where}: expected a mapping with `gguf`, `path` or `ollama`, got {type(raw).__name__}")
         return ModelSpec()
-    _known_keys(raw, ("gguf", "path", "ollama", "ollama_dir", "name", "hf", "revision"), "model", problems)
+    draft = None
+    if where == "model":
+        _known_keys(raw, ("gguf", "path", "ollama", "ollama_dir", "name", "hf", "revision", "draft"), where, problems)
+        if raw.get("draft") is not None:
+            draft = _parse_model(raw["draft"], base, problems, "model.draft")
+    else:  # a draft model runs on the coordinator only: no name of its own, nothing for the nodes
+        _known_keys(raw, ("gguf", "path", "ollama", "ollama_dir"), where, problems)
     gguf, path, name = raw.get("gguf"), raw.get("path"), raw.get("name")
     ollama, ollama_dir = raw.get("ollama"), raw.get("ollama_dir")
     hf, revision = raw.get("hf"), raw.get("revision")
@@ -201,14 +208,14 @@ def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
         revision = None
     if sum(v is not None for v in (gguf, path, ollama)) != 1:
         problems.append(
-            f"model: give exactly one of `gguf` (a .gguf file, or {BUNDLED_MODEL!r} for the bundled demo model), "
+            f"{where}: give exactly one of `gguf` (a .gguf file, or {BUNDLED_MODEL!r} for the bundled demo model), "
             "`path` (an mlx-lm model directory) or `ollama` (a model Ollama pulled, e.g. qwen3:30b-a3b)"
         )
     if ollama_dir is not None and ollama is None:
-        problems.append("model.ollama_dir: only with `ollama`")
+        problems.append(f"{where}.ollama_dir: only with `ollama`")
     for key, value in (("gguf", gguf), ("path", path), ("ollama", ollama), ("ollama_dir", ollama_dir), ("name", name)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            problems.append(f"model.{key}: expected a non-empty string, got {value!r}")
+            problems.append(f"{where}.{key}: expected a non-empty string, got {value!r}")
     resolved_gguf = None
     if isinstance(gguf, str) and gguf.strip():
         resolved_gguf = gguf if gguf == BUNDLED_MODEL else str((base / Path(gguf).expanduser()).resolve())
@@ -216,7 +223,7 @@ def _parse_model(raw: Any, base: Path, problems: list[str]) -> ModelSpec:
     store = (base / Path(ollama_dir).expanduser()).resolve() if isinstance(ollama_dir, str) and ollama_dir.strip() else None
     return ModelSpec(gguf=resolved_gguf, path=resolved_path, name=name if isinstance(name, str) else None,
                      hf=hf, revision=revision, ollama=ollama if isinstance(ollama, str) and ollama.strip() else None,
-                     ollama_dir=store)
+                     ollama_dir=store, draft=draft)
 
 
 def _parse_ssh(raw: Any, defaults: dict, node: str, node_host: str | None, where: str,
@@ -386,13 +393,17 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
         _known_keys(pipeline, ("prefill_chunk", "kv_budget_mb", "runtime_overhead_mb", "health_interval_s",
                                "health_timeout_s", "max_batch", "batches_in_flight", "speculation",
                                "max_draft_tokens"), "pipeline", problems)
-        limits["speculation"] = pipeline.get("speculation", "prompt_lookup")
+        drafting = "draft_model" if model.draft is not None else "prompt_lookup"
+        limits["speculation"] = pipeline.get("speculation", drafting)
         if limits["speculation"] is False:  # YAML's bare `off`
             limits["speculation"] = "off"
         if limits["speculation"] not in DRAFTERS:
             problems.append(f"pipeline.speculation: expected one of {', '.join(DRAFTERS)}, "
                             f"got {limits['speculation']!r}")
-            limits["speculation"] = "prompt_lookup"
+            limits["speculation"] = drafting
+        if limits["speculation"] == "draft_model" and model.draft is None:
+            problems.append("pipeline.speculation: draft_model needs model.draft (a smaller model with the same "
+                            "tokenizer: path, gguf or ollama)")
         limits["max_draft_tokens"] = _bounded(pipeline, "max_draft_tokens", 4, 1, 16, "pipeline", problems)
         limits["max_batch"] = _bounded(pipeline, "max_batch", 32, 1, 256, "pipeline", problems)
         limits["batches_in_flight"] = _bounded(pipeline, "batches_in_flight", 0, 0, 64, "pipeline", problems)

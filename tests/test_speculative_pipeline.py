@@ -1,7 +1,7 @@
 """Speculative decoding through worker processes (issue 18): greedy tokens with prompt-lookup drafts
 equal mlx-lm's one-process greedy tokens through 1 and 3 stages, on prompts whose drafts are
 mostly kept (the model repeats a given passage) and mostly rejected (free text), with speculation
-on and off in the same cluster (a request opts out); drafts were really checked (the metrics count
+on and off in the same cluster (a request opts out), and with a draft model; drafts were really checked (the metrics count
 kept ones); a request that a stage failure interrupts mid-way continues with the uninterrupted
 tokens. The model is the demo's dequantized to float32 (the regime that resembles the target, and
 faster here than the 4-bit one); one cluster per stage count for the module."""
@@ -16,7 +16,9 @@ from typing import Callable, Iterator
 import pytest
 
 from cluster.bench.float32_model import float32_copy
+from cluster.pipeline.draft_model import DraftModel
 from cluster.pipeline.engine import GenerationParams
+from cluster.pipeline.speculation import plan_speculation
 from cluster.pipeline.tokenizer import PromptTokenizer
 from tests.cluster_harness import LoopCluster, inventory_ports, worker_processes, write_inventory
 from tests.reference import greedy_tokens
@@ -106,6 +108,26 @@ def test_greedy_tokens_equal_mlx_lm_with_speculation_on_and_off(stages, cluster_
     metrics = cluster.metrics.registry.get_sample_value(
         "boltpipe_coordinator_accepted_tokens_total", {"model_name": cluster.model_name, "drafter": "prompt_lookup"})
     assert metrics is not None
+
+
+def test_a_draft_model_gives_mlx_lm_greedy_tokens(cluster_of, prompt_ids, reference, smollm2_dir):
+    """The 4-bit demo model drafting for its float32 copy (the pair the README suggests): its guesses
+    are mostly right, on free text too, and the tokens are still the float32 model's own."""
+    harness = cluster_of(3)
+    cluster = harness.cluster
+    vocabulary = cluster.engine.tokenizer.vocabulary()
+    draft = DraftModel(smollm2_dir, vocabulary, vocabulary)
+    lookup = cluster.engine.speculation
+    cluster.engine.speculation = plan_speculation("draft_model", 4, harness.run(cluster.client.infos()), draft)
+    try:
+        for name, ids in prompt_ids.items():
+            trips = _counting(cluster)
+            assert harness.run(_greedy(cluster, ids, speculate=True)) == reference[name], name
+            print(f"\ndraft model, {name}: (drafted, kept) per trip: {trips}")
+            assert sum(k for _, k in trips) >= NEW_TOKENS // 3, trips
+    finally:
+        cluster.engine.speculation = lookup
+        draft.close()
 
 
 def test_concurrent_streams_do_not_speculate_and_equal_mlx_lm(cluster_of, prompt_ids, reference):

@@ -83,7 +83,8 @@ async def measure_speculative(cluster: RunningCluster, gen_tokens: int, repeats:
 
 
 def format_speculative(result: dict) -> str:
-    lines = [f"speculative decoding, {result['stages']} stages, one stream, drafter {result['drafter']} "
+    drafter = result["drafter"] + (f" ({result['draft_model']})" if result.get("draft_model") else "")
+    lines = [f"speculative decoding, {result['stages']} stages, one stream, drafter {drafter} "
              f"(up to {result['max_draft']} drafts a trip), {result['gen_tokens']} tokens at most, "
              f"median of {result['repeats']}",
              "",

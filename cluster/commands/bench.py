@@ -30,6 +30,8 @@ from cluster.bench.versus_mlx_lm import format_table, measure_baseline, measure_
 from cluster.inventory import Inventory, ModelSpec, load_inventory
 from cluster.launch.bring_up import RunningCluster, bring_up
 from cluster.launch.model_source import resolve_model, served_model_name
+from cluster.pipeline.speculation import plan_speculation
+from cluster.pipeline.tokenizer import PromptTokenizer
 
 
 def _levels(text: str) -> list[int]:
@@ -59,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speculative", action="store_true",
                    help="one stream, speculative decoding on against off, for prompts that copy their input and one "
                         "that does not")
+    p.add_argument("--draft-model", action="store_true",
+                   help="with --speculative: also measure the draft-model drafter (the inventory's model.draft; with "
+                        "--float32 and none named, the served model itself at its own precision)")
     p.add_argument("--repeats", type=int, default=3, help="with --speculative: runs of each prompt each way (median)")
     p.add_argument("--out", type=Path, default=Path("bench-results"),
                    help="with --concurrency: directory for bench.json and bench.png (default ./bench-results)")
@@ -81,7 +86,8 @@ def float32_inventory(inventory: Inventory) -> Inventory:
     """The same cluster serving the float32 copy of its model, under the same name; every node is
     sent the copy's own shard (a node's `model_path` holds the stored model, not this one)."""
     info = resolve_model(inventory.model)
-    model = ModelSpec(path=float32_copy(info.path), name=served_model_name(inventory.model, info))
+    model = ModelSpec(path=float32_copy(info.path), name=served_model_name(inventory.model, info),
+                      draft=inventory.model.draft)
     return dataclasses.replace(inventory, model=model,
                                nodes=[dataclasses.replace(n, model_path=None) for n in inventory.nodes])
 
@@ -118,10 +124,38 @@ async def _bench_speculative(args: argparse.Namespace) -> dict:
             raise SystemExit(f"error: this cluster does not speculate: "
                              f"{cluster.engine.speculation.problem or 'pipeline.speculation is off'}")
         print(f"measuring {len(cluster.plan)} stages, speculation off and on...", file=sys.stderr)
-        result = await measure_speculative(cluster, args.gen_tokens, args.repeats)
+        results = [await measure_speculative(cluster, args.gen_tokens, args.repeats)]
+        if args.draft_model:
+            draft = await _bench_draft_model(args, inventory, cluster)
+            lookup, cluster.engine.speculation = cluster.engine.speculation, plan_speculation(
+                "draft_model", inventory.max_draft_tokens, cluster.infos, draft)
+            try:
+                print(f"measuring the draft model {draft.path}...", file=sys.stderr)
+                results.append(await measure_speculative(cluster, args.gen_tokens, args.repeats)
+                               | {"draft_model": str(draft.path)})
+            finally:
+                cluster.engine.speculation = lookup
+                draft.close()
     finally:
         await cluster.close()
-    return result | {"dtype": dtype, "blas": blas}
+    return {"runs": results, "dtype": dtype, "blas": blas}
+
+
+async def _bench_draft_model(args: argparse.Namespace, inventory: Inventory, cluster: RunningCluster):
+    from cluster.pipeline.draft_model import DraftModel
+
+    original = (await asyncio.to_thread(load_inventory, args.inventory)).model
+    if original.draft is not None:
+        spec = original.draft
+    elif args.float32:
+        spec = dataclasses.replace(original, name=None)  # what the float32 copy was made from
+    else:
+        raise SystemExit("error: --draft-model needs model.draft in the inventory (or --float32, to draft with "
+                         "the served model at its own precision)")
+    info = await asyncio.to_thread(resolve_model, spec)
+    vocabulary = cluster.engine.tokenizer.vocabulary()
+    draft_vocabulary = (await asyncio.to_thread(PromptTokenizer, info.path)).vocabulary()
+    return await asyncio.to_thread(DraftModel, info.path, vocabulary, draft_vocabulary)
 
 
 async def _bench_load(args: argparse.Namespace) -> dict:
@@ -167,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         args.gen_tokens = args.gen_tokens or 96
         one_thread_each()
         result = asyncio.run(_bench_speculative(args))
-        print(json.dumps(result, indent=2) if args.json else format_speculative(result)
+        text = "\n\n".join(format_speculative(run) for run in result["runs"])
+        print(json.dumps(result, indent=2) if args.json else text
               + f"\nmodel {result['dtype']}, BLAS {', '.join(sorted(set(result['blas'].values())))}")
         return 0
     args.prompt_tokens = args.prompt_tokens or (64 if load else 512)

@@ -86,7 +86,23 @@ class RunningCluster:
         if self.browser is not None:
             await self.browser.close()
         await self.client.close()
+        if self.engine.speculation.draft_model is not None:
+            self.engine.speculation.draft_model.close()
         stop_pids([w.pid for w in self.local_workers])
+
+
+async def _draft_model(inventory: Inventory, tokenizer: PromptTokenizer):
+    """The draft model the inventory names, loaded on this machine, when the cluster drafts with one."""
+    if inventory.speculation != "draft_model" or inventory.model.draft is None:
+        return None
+    from cluster.pipeline.draft_model import DraftModel, DraftModelError
+
+    try:
+        info = await asyncio.to_thread(resolve_model, inventory.model.draft)
+        draft_tokenizer = await asyncio.to_thread(PromptTokenizer, info.path)
+        return await asyncio.to_thread(DraftModel, info.path, tokenizer.vocabulary(), draft_tokenizer.vocabulary())
+    except (DraftModelError, OSError, ValueError) as exc:  # ModelDirError is a ValueError
+        raise BringUpError(f"model.draft: {exc}") from None
 
 
 async def _check_reachable(stages: list[PlannedStage], timeout_s: float, auth: ClusterAuth) -> list[pb.NodeInfo]:
@@ -219,7 +235,8 @@ async def bring_up(
                                  max_batch=inventory.max_batch) if inventory.max_batch > 1 else None)
         engine = Engine(client, tokenizer, prefill_chunk=inventory.prefill_chunk, vocab_size=model.vocab_size,
                         replay=inventory.replay, replay_timeout_s=inventory.replay_timeout_s, batcher=batcher,
-                        speculation=plan_speculation(inventory.speculation, inventory.max_draft_tokens, infos))
+                        speculation=plan_speculation(inventory.speculation, inventory.max_draft_tokens, infos,
+                                                     await _draft_model(inventory, tokenizer)))
         if engine.speculation.problem:
             log.warning("speculative decoding is off: %s", engine.speculation.problem)
         admission = Admission(plan.max_sessions, inventory.max_queue, inventory.queue_timeout_s)

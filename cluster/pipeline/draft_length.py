@@ -7,7 +7,8 @@ most tokens per second, from the acceptance it has seen (a moving average) and t
 pipeline has shown for each number of inputs (shared by all sessions: a property of the pipeline,
 not of the text). On memory-bound machines a trip of 5 inputs costs about one of 1, so k stays
 high while drafts are kept; where they are not, k falls to 0 (one token per trip), and a probe of
-one draft every `probe_every` trips notices when drafting starts to pay again.
+one draft every `probe_every` trips notices when drafting starts to pay again (unless even drafts
+that were all kept could not pay, as with a draft model slower than the pipeline).
 """
 
 from __future__ import annotations
@@ -25,26 +26,34 @@ class TripCosts:
 
     smoothing: float = 0.2
     seconds: dict[int, float] = field(default_factory=dict)
+    drafting_s: float = 0.0  # what making one draft costs (a draft model's step; prompt lookup: ~0)
 
     def observe(self, inputs: int, seconds: float) -> None:
         old = self.seconds.get(inputs)
         self.seconds[inputs] = seconds if old is None else old + self.smoothing * (seconds - old)
 
+    def observe_drafting(self, seconds_each: float) -> None:
+        self.drafting_s = seconds_each if not self.drafting_s else (
+            self.drafting_s + self.smoothing * (seconds_each - self.drafting_s))
+
     def relative(self, inputs: int) -> float:
-        """A trip of `inputs` inputs in units of a one-input trip."""
+        """A trip of `inputs` inputs, with the drafts it carries made first, in units of a one-input trip."""
         one = self.seconds.get(1)
         if inputs == 1:
             return 1.0
         if one is None or one <= 0:
             return 1.0 + UNMEASURED_EXTRA_COST * (inputs - 1)
+        return self._trip(inputs, one) / one + (inputs - 1) * self.drafting_s / one
+
+    def _trip(self, inputs: int, one: float) -> float:
         if inputs in self.seconds:
-            return self.seconds[inputs] / one
+            return self.seconds[inputs]
         # Between or beyond measured sizes: a straight line through the nearest ones below and above.
         below = max((n for n in self.seconds if n < inputs), default=1)
         above = min((n for n in self.seconds if n > inputs), default=None)
         per_input = ((self.seconds[above] - self.seconds[below]) / (above - below) if above is not None
                      else max(UNMEASURED_EXTRA_COST * one, (self.seconds[below] - one) / max(1, below - 1)))
-        return (self.seconds[below] + per_input * (inputs - below)) / one
+        return self.seconds[below] + per_input * (inputs - below)
 
 
 def expected_tokens(acceptance: float, drafts: int) -> float:
@@ -65,12 +74,17 @@ class DraftLength:
         """Drafts for the next trip (0: a plain step)."""
         best = max(range(self.max_draft + 1),
                    key=lambda k: (expected_tokens(self.acceptance, k) / self.costs.relative(k + 1), -k))
-        if best == 0 and self.max_draft > 0:
+        if best == 0 and self.max_draft > 0 and self._could_pay():
             self._trips_without += 1
             if self._trips_without >= self.probe_every:
                 self._trips_without = 0
                 return 1
         return best
+
+    def _could_pay(self) -> bool:
+        """Whether drafts that were all kept would beat one token per trip (a draft model slower
+        than the pipeline never does: then there is nothing to probe for)."""
+        return any(k + 1 > self.costs.relative(k + 1) for k in range(1, self.max_draft + 1))
 
     def observe(self, drafted: int, kept: int) -> None:
         """What a trip that carried `drafted` drafts kept (a trip without drafts teaches nothing)."""

@@ -179,9 +179,9 @@ class Engine:
             self._decoding.add(session_id)
             remaining = params.max_tokens - len(generated)
             while remaining > 0:
-                sent_ns = time.time_ns()
                 decode = step_id > first_token_step or bool(generated)
-                drafts = drafter.propose(position, remaining) if drafter and len(self._decoding) == 1 else []
+                drafts = await drafter.propose(position, remaining) if drafter and len(self._decoding) == 1 else []
+                sent_ns = time.time_ns()
                 step = pb.Step(
                     session_id=session_id,
                     step_id=step_id,

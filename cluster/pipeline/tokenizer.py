@@ -36,5 +36,9 @@ class PromptTokenizer:
             return self.encode_text(prompt)
         return self.encode_chat([{"role": "user", "content": prompt}])
 
+    def vocabulary(self) -> dict[str, int]:
+        """Every token's text and id (two models can share drafts only if theirs are equal)."""
+        return dict(self._hf.get_vocab())
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._hf.decode(list(ids))
