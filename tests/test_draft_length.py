@@ -54,6 +54,14 @@ def test_a_draft_model_slower_than_the_pipeline_is_never_tried() -> None:
     assert [length.choose() for _ in range(6)] == [0] * 6
 
 
+def test_the_first_trip_is_plain_so_that_drafting_is_judged_against_it() -> None:
+    costs = TripCosts()
+    length = DraftLength(4, costs, acceptance=1.0)
+    assert length.choose() == 0
+    costs.observe(1, 0.1)
+    assert length.choose() == 4  # nothing else measured yet: drafting is tried, then judged
+
+
 def test_unmeasured_costs_are_optimistic_and_interpolated() -> None:
     costs = TripCosts()
     assert costs.relative(5) == pytest.approx(1.4)  # nothing measured yet: try drafting

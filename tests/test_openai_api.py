@@ -73,6 +73,11 @@ def test_sync_chat_equals_single_process(api: ApiCluster, smollm2_dir: Path) -> 
     assert reply.usage.prompt_tokens == prompt_len
     assert reply.usage.total_tokens == prompt_len + reply.usage.completion_tokens
     assert reply.choices[0].finish_reason in ("stop", "length")
+    # The same request without speculation (boltpipe's extension, through the client's extra_body).
+    plain = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": QUESTION}], max_tokens=32, temperature=0,
+        extra_body={"speculation": False})
+    assert plain.choices[0].message.content == expected
 
 
 def test_sync_chat_stream_with_usage(api: ApiCluster, smollm2_dir: Path) -> None:
@@ -227,6 +232,8 @@ MALFORMED = [
      "'stream' must be a boolean"),
     ("chat/completions", json.dumps({"messages": [{"role": "user", "content": "word " * (CONTEXT + 50)}]}).encode(),
      f"this model's context is {CONTEXT} tokens"),
+    ("chat/completions", json.dumps({"messages": [{"role": "user", "content": "x"}], "speculation": "no"}).encode(),
+     "'speculation' must be a boolean"),
     ("completions", json.dumps({"prompt": ""}).encode(), "'prompt' must be a non-empty string"),
     ("completions", json.dumps({"prompt": [10**9]}).encode(), "prompt token ids must lie in"),
     ("completions", json.dumps({"prompt": "x", "logprobs": 9}).encode(), "'logprobs' must be an integer 0-5"),

@@ -113,3 +113,21 @@ def test_json_report_has_the_batch_per_node(monkeypatch, capsys) -> None:
     (node,) = json.loads(capsys.readouterr().out)["nodes"]
     assert node["batch"] == node["live"]["batch_mean"] == round(8 / 3, 2)
     assert node["recent_batch"] == 1.5
+
+
+def test_the_coordinator_line_shows_speculation_from_its_counters() -> None:
+    from dataclasses import asdict
+
+    from cluster.api.admission import Admission
+    from cluster.api.coordinator_metrics import CoordinatorMetrics
+    from cluster.commands.live_metrics import coordinator_figures
+
+    metrics = CoordinatorMetrics("demo", Admission(4, 8, 30.0))
+    read = lambda at: parse_scrape(generate_latest(metrics.registry).decode(), at_s=at)  # noqa: E731
+    assert coordinator_figures(read(0.0), read(2.0)).acceptance is None  # nothing drafted yet
+    for drafted, kept in ((4, 4), (4, 2), (2, 0)):
+        metrics.speculated("prompt_lookup", drafted, kept)
+    figures = coordinator_figures(read(0.0), read(2.0))
+    assert (figures.speculative_trips, figures.acceptance, figures.tokens_per_trip) == (3, 0.6, 3.0)
+    text = status.render([], asdict(figures), "api: up", 2.0)
+    assert "speculation: 3 trips with drafts, 60% of drafts kept, 3.00 tokens per such trip" in text

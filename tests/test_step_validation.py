@@ -108,6 +108,19 @@ def test_stage0_takes_no_hidden_state() -> None:
     assert refused(step0(hidden=hidden(2)), limits(0)) == "hidden: stage 0 takes token ids, not a hidden state"
 
 
+def test_drafts_follow_an_accepted_token_ask_for_one_and_end_the_ids() -> None:
+    assert validate_step(step0(token_ids=[4, 5, 6], draft_ids=[5, 6], want_token=True), limits(0)) is None
+    assert validate_step(step1(hidden=hidden(3), draft_ids=[5, 6], want_token=True), limits(1)) is None
+    assert refused(step0(token_ids=[5, 6], draft_ids=[5, 6], want_token=True)) == \
+        "draft_ids: expected fewer drafts than the step's 2 inputs, got 2"
+    assert refused(step0(token_ids=[4, 5], draft_ids=[5])) == \
+        "draft_ids: a speculative step must ask for a token (want_token)"
+    assert refused(step0(token_ids=[4, 5, 6], draft_ids=[6, 5], want_token=True)) == \
+        "draft_ids: expected the last token_ids of the step (the drafts it carries)"
+    assert refused(step1(hidden=hidden(3), draft_ids=[5, VOCAB], want_token=True), limits(1)) == \
+        f"draft_ids: expected ids in [0, {VOCAB}), got {VOCAB}"
+
+
 # ---- later stages: hidden states -------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ inputs costs. With a share `a` of drafted tokens kept (each independently, a geo
 expected tokens of a trip are 1 + a + ... + a^k; the controller picks the k (0..max_draft) with the
 most tokens per second, from the acceptance it has seen (a moving average) and the trip times the
 pipeline has shown for each number of inputs (shared by all sessions: a property of the pipeline,
-not of the text). On memory-bound machines a trip of 5 inputs costs about one of 1, so k stays
+not of the text; the first trip the pipeline makes is a plain one, the yardstick). On memory-bound machines a trip of 5 inputs costs about one of 1, so k stays
 high while drafts are kept; where they are not, k falls to 0 (one token per trip), and a probe of
 one draft every `probe_every` trips notices when drafting starts to pay again (unless even drafts
 that were all kept could not pay, as with a draft model slower than the pipeline).
@@ -72,6 +72,8 @@ class DraftLength:
 
     def choose(self) -> int:
         """Drafts for the next trip (0: a plain step)."""
+        if 1 not in self.costs.seconds:
+            return 0  # a plain trip first: what drafting costs is judged against it
         best = max(range(self.max_draft + 1),
                    key=lambda k: (expected_tokens(self.acceptance, k) / self.costs.relative(k + 1), -k))
         if best == 0 and self.max_draft > 0 and self._could_pay():

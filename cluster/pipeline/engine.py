@@ -180,7 +180,8 @@ class Engine:
             remaining = params.max_tokens - len(generated)
             while remaining > 0:
                 decode = step_id > first_token_step or bool(generated)
-                drafts = await drafter.propose(position, remaining) if drafter and len(self._decoding) == 1 else []
+                alone = len(self._decoding) == 1
+                drafts = await drafter.propose(position, remaining) if drafter and alone else []
                 sent_ns = time.time_ns()
                 step = pb.Step(
                     session_id=session_id,
@@ -210,9 +211,9 @@ class Engine:
                 if drafter is not None:
                     kept = len(chosen) - 1
                     # Trip times teach the costs only when nothing else shared the trip (the first
-                    # step waits behind the prompt's chunks; a batched one carries other sessions).
-                    drafter.trip(1 + len(drafts), len(drafts), kept,
-                                 (received_ns - sent_ns) / 1e9 if decode and not batched else None)
+                    # step waits behind the prompt's chunks; others may decode beside this one).
+                    clean = decode and alone and len(self._decoding) == 1
+                    drafter.trip(1 + len(drafts), len(drafts), kept, (received_ns - sent_ns) / 1e9 if clean else None)
                     drafter.add([token_id for token_id, _, _ in chosen])
                     if drafts and self.on_speculated is not None:
                         self.on_speculated(self.speculation.drafter, len(drafts), kept)
