@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, Iterator
 
 import psutil
 import yaml
@@ -118,3 +118,25 @@ def worker_processes(ports: list[int]) -> list[psutil.Process]:
 
 def inventory_ports(inventory: Inventory) -> list[int]:
     return [n.port for n in inventory.nodes]
+
+
+@contextmanager
+def clusters_by_stage_count(model_dir: Path, tmp_path_factory, prefix: str) -> Iterator[Callable[[int], LoopCluster]]:
+    """get(N): a cluster of N stages serving model_dir, brought up on first use and kept until the end;
+    then every worker process of every one of them must be gone."""
+    clusters: dict[int, LoopCluster] = {}
+
+    def get(stages: int) -> LoopCluster:
+        if stages not in clusters:
+            directory = tmp_path_factory.mktemp(f"{prefix}{stages}")
+            clusters[stages] = LoopCluster(write_inventory(directory, nodes=stages, model_path=model_dir),
+                                           directory / "logs")
+        return clusters[stages]
+
+    try:
+        yield get
+    finally:
+        for harness in clusters.values():
+            harness.close()
+    left = [p.pid for h in clusters.values() for p in worker_processes(inventory_ports(h.inventory))]
+    assert left == [], f"worker processes outlived their cluster: {left}"

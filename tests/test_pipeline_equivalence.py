@@ -13,7 +13,7 @@ import pytest
 
 from cluster.pipeline.engine import GenerationParams
 from cluster.pipeline.tokenizer import PromptTokenizer
-from tests.cluster_harness import LoopCluster, inventory_ports, worker_processes, write_inventory
+from tests.cluster_harness import LoopCluster, clusters_by_stage_count
 from tests.reference import greedy_tokens
 
 pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick loop
@@ -42,22 +42,8 @@ def reference(smollm2_dir: Path, prompts: list[list[int]]) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def cluster_of(smollm2_dir: Path, tmp_path_factory) -> Iterator[Callable[[int], LoopCluster]]:
     """A cluster of N stages, brought up on first use and kept for the module."""
-    clusters: dict[int, LoopCluster] = {}
-
-    def get(stages: int) -> LoopCluster:
-        if stages not in clusters:
-            directory = tmp_path_factory.mktemp(f"stages{stages}")
-            clusters[stages] = LoopCluster(write_inventory(directory, nodes=stages, model_path=smollm2_dir),
-                                           directory / "logs")
-        return clusters[stages]
-
-    try:
+    with clusters_by_stage_count(smollm2_dir, tmp_path_factory, "stages") as get:
         yield get
-    finally:
-        for harness in clusters.values():
-            harness.close()
-    left = [p.pid for h in clusters.values() for p in worker_processes(inventory_ports(h.inventory))]
-    assert left == [], f"worker processes outlived their cluster: {left}"
 
 
 def _sessions_open(harness: LoopCluster) -> list[int]:

@@ -20,7 +20,7 @@ from cluster.pipeline.draft_model import DraftModel
 from cluster.pipeline.engine import GenerationParams
 from cluster.pipeline.speculation import plan_speculation
 from cluster.pipeline.tokenizer import PromptTokenizer
-from tests.cluster_harness import LoopCluster, inventory_ports, worker_processes, write_inventory
+from tests.cluster_harness import LoopCluster, clusters_by_stage_count, worker_processes
 from tests.reference import greedy_tokens
 
 pytestmark = pytest.mark.cluster
@@ -52,22 +52,9 @@ def reference(model_dir: Path, prompt_ids: dict[str, list[int]]) -> dict[str, li
 
 @pytest.fixture(scope="module")
 def cluster_of(model_dir: Path, tmp_path_factory) -> Iterator[Callable[[int], LoopCluster]]:
-    clusters: dict[int, LoopCluster] = {}
-
-    def get(stages: int) -> LoopCluster:
-        if stages not in clusters:
-            directory = tmp_path_factory.mktemp(f"spec{stages}")
-            clusters[stages] = LoopCluster(write_inventory(directory, nodes=stages, model_path=model_dir),
-                                           directory / "logs")
-        return clusters[stages]
-
-    try:
+    """A cluster of N stages, brought up on first use and kept for the module."""
+    with clusters_by_stage_count(model_dir, tmp_path_factory, "spec") as get:
         yield get
-    finally:
-        for harness in clusters.values():
-            harness.close()
-    left = [p.pid for h in clusters.values() for p in worker_processes(inventory_ports(h.inventory))]
-    assert left == [], f"worker processes outlived their cluster: {left}"
 
 
 async def _greedy(cluster, ids: list[int], *, speculate: bool) -> list[int]:
