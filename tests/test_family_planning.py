@@ -5,6 +5,8 @@ at plan time: an unsupported model type, and Core ML for a family it cannot conv
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import resource
 import time
@@ -152,3 +154,19 @@ def test_cluster_plan_refuses_an_unsupported_type_by_name(tmp_path: Path) -> Non
     assert "Traceback" not in planned.stderr
     assert "model_type 'gemma4_text' is not served" in planned.stderr
     assert "the nearest supported family is 'gemma3_text'" in planned.stderr
+
+
+def test_a_draft_model_on_the_coordinators_machine_is_taken_from_its_workers_memory(tmp_path: Path) -> None:
+    from cluster.planning.cluster_plan import budgets
+
+    model_dir = write_tiny_model(tmp_path / "llama", "llama")
+    path = _inventory(tmp_path, model_dir, ["auto", "auto", "auto"])
+    inventory = parse_inventory(yaml.safe_load(path.read_text()), source=path)
+    facts = {f.name: f for f in (_facts("w1", 1), _facts("w2", 2), _facts("w3", 3))}
+    facts["w3"] = dataclasses.replace(facts["w3"], machine_id="w2")  # w2 and w3 share the coordinator's machine
+    reserved = {"w2": (2 * GB, "draft model")}
+    shares = budgets(inventory.nodes, facts, reserved)
+    assert [b.usable_bytes for b, _ in shares] == [8 * GB, 3 * GB, 3 * GB]
+    assert shares[1][1] == "8.00 GB usable - 2.00 GB draft model / 2 workers on one machine"
+    plan = make_plan(inventory, read_model_info(model_dir), read_model_sizes(model_dir), list(facts.values()), reserved)
+    assert [s.placement.budget_bytes for s in plan.stages] == [8 * GB, 3 * GB, 3 * GB]

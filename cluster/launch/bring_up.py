@@ -36,6 +36,7 @@ from cluster.planning.discovery import Browser, DiscoveryTimeout
 from cluster.planning.node_facts import NodeFactsError, check_version, gather_facts
 from deploy.local import LocalWorker, LocalWorkerSpec, start_local_workers, stop_pids
 from deploy.ssh import SshError
+from node import sysinfo
 from node.cluster_auth import ClusterAuth
 from node.model_config import ModelInfo
 from node.model_sizes import read_model_sizes
@@ -187,7 +188,22 @@ async def plan_cluster(
                                    discovery_timeout_s=discovery_timeout_s, browser=browser)
     except (NodeFactsError, DiscoveryTimeout) as exc:
         raise BringUpError(str(exc)) from None
-    return model, served_model_name(inventory.model, model), make_plan(inventory, model, sizes, facts)
+    reserved = await _draft_model_memory(inventory)
+    return model, served_model_name(inventory.model, model), make_plan(inventory, model, sizes, facts, reserved)
+
+
+async def _draft_model_memory(inventory: Inventory) -> dict[str, tuple[int, str]]:
+    """The draft model's weights (and a tenth more for its caches and temporaries), held on the
+    coordinator's machine, where workers of this cluster may run too."""
+    if inventory.speculation != "draft_model" or inventory.model.draft is None:
+        return {}
+    try:
+        draft = await asyncio.to_thread(resolve_model, inventory.model.draft)
+        sizes = await asyncio.to_thread(read_model_sizes, draft.path, draft.num_layers)
+    except (OSError, ValueError) as exc:
+        raise BringUpError(f"model.draft: {exc}") from None
+    weights = sizes.stage_bytes(0, sizes.num_layers, first=True, last=True)
+    return {sysinfo.machine_id(): (weights + weights // 10, "draft model")}
 
 
 async def bring_up(

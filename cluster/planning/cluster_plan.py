@@ -73,14 +73,19 @@ def kv_dtype_bytes(model: ModelInfo) -> int:
     return 2 if (text.get("torch_dtype") or text.get("dtype")) in ("float16", "bfloat16") else 4
 
 
-def budgets(nodes: list[NodeSpec], facts: dict[str, NodeFacts]) -> list[tuple[NodeBudget, str]]:
-    """Usable memory per node: workers on one machine share it evenly; memory_limit caps it."""
+def budgets(nodes: list[NodeSpec], facts: dict[str, NodeFacts],
+            reserved: dict[str, tuple[int, str]] | None = None) -> list[tuple[NodeBudget, str]]:
+    """Usable memory per node: workers on one machine share it evenly, after what `reserved` holds
+    there (machine id -> bytes and what for: the coordinator's draft model); memory_limit caps it."""
     per_machine = Counter(facts[n.name].machine_id for n in nodes)
+    reserved = reserved or {}
     out = []
     for n in nodes:
         f = facts[n.name]
-        share = f.usable_memory_bytes // per_machine[f.machine_id]
+        held, what = reserved.get(f.machine_id, (0, ""))
+        share = max(0, f.usable_memory_bytes - held) // per_machine[f.machine_id]
         note = f"{format_bytes(f.usable_memory_bytes)} usable" + (
+            f" - {format_bytes(held)} {what}" if held else "") + (
             f" / {per_machine[f.machine_id]} workers on one machine" if per_machine[f.machine_id] > 1 else "")
         if n.memory_limit is not None and n.memory_limit < share:
             share, note = n.memory_limit, f"memory_limit {format_bytes(n.memory_limit)}"
@@ -100,7 +105,9 @@ def _next_hop(sender: NodeFacts, receiver: NodeFacts, receiver_spec: NodeSpec) -
     return format_address(link.interface.address, receiver.port), link.kind
 
 
-def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: list[NodeFacts]) -> ClusterPlan:
+def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: list[NodeFacts],
+              reserved: dict[str, tuple[int, str]] | None = None) -> ClusterPlan:
+    """`reserved`: memory of a machine that its workers cannot use (see budgets)."""
     by_name = {f.name: f for f in facts}
     specs = {n.name: n for n in inventory.nodes}
     order = ring_order([(n.name, by_name[n.name].interfaces) for n in inventory.nodes])
@@ -120,7 +127,7 @@ def make_plan(inventory: Inventory, model: ModelInfo, sizes: ModelSizes, facts: 
         fixed_kv = 0
     else:
         per_layer, fixed_kv = [0] * len(nodes), inventory.kv_budget_mb << 20
-    node_budgets = budgets(nodes, by_name)
+    node_budgets = budgets(nodes, by_name, reserved)
     placements = plan_placement([b for b, _ in node_budgets], sizes, kv_bytes_per_layer=per_layer,
                                 headroom_bytes=[h + fixed_kv for h in headroom])
     if fixed_kv:
