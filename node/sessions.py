@@ -90,6 +90,16 @@ class SessionStore:
         session.last_used = time.monotonic()
         return session
 
+    def open_from(self, session_id: str, cache: list, position: int) -> Session:
+        """A new session whose cache already holds `position` positions (a cached prefix's)."""
+        if session_id in self._sessions or session_id in self._ended:
+            raise SessionError(f"session {session_id!r} exists or has ended")
+        if len(self._sessions) >= self.max_sessions:
+            raise SessionError(f"worker is full: {self.max_sessions} sessions open")
+        session = Session(session_id, cache, position=position)
+        self._sessions[session_id] = session
+        return session
+
     def end(self, session_ids: list[str]) -> int:
         for sid in session_ids:
             self._ended[sid] = None

@@ -190,6 +190,8 @@ def steps(draw, stage: int) -> pb.Step:
                 step.hidden.CopyFrom(value)
             else:
                 step.token_ids.extend(value)
+    if draw(st.integers(0, 3)) == 0:  # speculation's guesses, as garbage as the rest
+        step.draft_ids.extend(draw(st.lists(st.integers(-2**31, 2**31 - 1), max_size=6)))
     return step
 
 
@@ -220,6 +222,12 @@ def plausible_steps(draw, stage: int) -> pb.Step:
         rows = draw(plausible_rows)
         data = np.random.default_rng(draw(rng_seeds)).standard_normal(rows * HIDDEN).astype("<f4").tobytes()
         step.hidden.CopyFrom(pb.Tensor(data=data, dtype="float32", shape=[1, rows, HIDDEN]))
+    inputs = len(step.token_ids) or step.hidden.shape[1]
+    if inputs > 1 and draw(st.integers(0, 3)) == 0:  # a speculative step: its last inputs are guesses
+        drafts = draw(st.integers(1, inputs - 1))
+        step.want_token = True
+        step.draft_ids.extend(list(step.token_ids)[-drafts:] if stage == 0 else draw(
+            st.lists(st.integers(0, VOCAB - 1), min_size=drafts, max_size=drafts)))
     return step
 
 

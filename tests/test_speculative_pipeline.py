@@ -62,6 +62,10 @@ async def _greedy(cluster, ids: list[int], *, speculate: bool) -> list[int]:
     return [step.token_id async for step in cluster.engine.tokens(ids, params)]
 
 
+async def _collect(cluster, ids: list[int], params: GenerationParams) -> list[int]:
+    return [step.token_id async for step in cluster.engine.tokens(ids, params)]
+
+
 def _counting(cluster) -> list[tuple[int, int]]:
     """The (drafted, kept) of each speculative trip from now on (the metrics still count them)."""
     trips: list[tuple[int, int]] = []
@@ -90,6 +94,13 @@ def test_greedy_tokens_equal_mlx_lm_with_speculation_on_and_off(stages, cluster_
         trips = _counting(cluster)
         assert harness.run(_greedy(cluster, prompt_ids["grounded"], speculate=False)) == reference["grounded"]
         assert trips == []  # the request opted out
+        # Sampling speculates too (the acceptance rule keeps the model's distribution: checked in
+        # tests/test_speculative_sampling.py), except with a seed, whose tokens must not vary.
+        for seed, speculates in ((None, True), (3, False)):
+            trips = _counting(cluster)
+            params = GenerationParams(max_tokens=NEW_TOKENS, ignore_eos=True, temperature=0.3, seed=seed)
+            sampled = harness.run(_collect(cluster, prompt_ids["grounded"], params))
+            assert len(sampled) == NEW_TOKENS and bool(trips) == speculates, trips
     infos = harness.run(cluster.client.infos())
     assert [i.active_sessions for i in infos] == [0] * stages
     metrics = cluster.metrics.registry.get_sample_value(
