@@ -26,7 +26,7 @@ from node.sessions import SessionStore
 from node.backends import load_backend_stage
 from node.blas import blas_in_use
 from node.stage_model import LayerRange
-from node.stage_runner import StageRunner, StepError, StepRefused
+from node.stage_runner import PrefixRefused, StageRunner, StepError, StepRefused
 from node.step_validation import (StepLimits, reportable, shard_problem, slice_fits_model, step_limits,
                                   validate_end_session, validate_results_request, validate_slice_spec, validate_step)
 from node.step_queue import StepQueue
@@ -105,8 +105,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             rss_bytes=sysinfo.rss_bytes(),
             loaded=self.slice is not None,
             slice=self.slice.spec if self.slice else None,
-            active_sessions=len(sessions) if sessions else 0,
-            kv_cache_bytes=sessions.kv_bytes() if sessions else 0,
+            active_sessions=len(sessions) if sessions is not None else 0,
+            kv_cache_bytes=sessions.kv_bytes() if sessions is not None else 0,
             pid=os.getpid(),
             usable_memory_bytes=sysinfo.usable_memory_bytes(),
             machine=self._machine,
@@ -118,6 +118,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             recent_batch_size=statistics.mean(self._recent_rows) if self._recent_rows else 0.0,
             rollback_horizon=self.slice.runner.rollback_horizon if self.slice else 0,
             rollback_problem=self.slice.runner.rollback_problem if self.slice else "",
+            prefixes=len(sessions.prefixes) if sessions is not None else 0,
+            prefix_bytes=sessions.prefix_bytes() if sessions is not None else 0,
             interfaces=[pb.NetInterface(name=i.name, address=i.address, prefix_len=i.prefix_len, kind=i.kind)
                         for i in listening_interfaces(self.listen_host, local_interfaces())],
         )
@@ -143,9 +145,12 @@ class WorkerService(pb_grpc.WorkerServicer):
             return pb.EndSessionReply(ended=0)
         # Dropping cache references is cheap: done on the loop, like small steps. Steps still
         # waiting for the session are dropped too, so a cancelled request costs no more compute.
-        for session_id in request.session_ids:
+        keep = {k.session_id: (k.prefix_id, k.tokens) for k in request.keep}
+        for session_id in [*request.session_ids, *keep]:
             self._inbox.drop(session_id)
-        return pb.EndSessionReply(ended=self.slice.runner.sessions.end(list(request.session_ids)))
+        sessions = self.slice.runner.sessions
+        sessions.drop_prefixes(request.drop_prefixes)
+        return pb.EndSessionReply(ended=sessions.end(list(request.session_ids), keep=keep))
 
     async def LoadSlice(self, spec: pb.SliceSpec, context):
         if self.loading:
@@ -344,9 +349,10 @@ class WorkerService(pb_grpc.WorkerServicer):
                     self.compute, self._timed, current.runner.run, step)
         except StepRefused as exc:
             # The session was not touched (unknown, ended, another position): it goes on, and
-            # only the step's reply_to hears of the refusal.
+            # only the step's reply_to hears of the refusal. A missing prefix is this stage's
+            # loss (a restart): the request can be run again from its start.
             self.metrics.error("invalid_step")
-            self._report(step, str(exc))
+            self._report(step, str(exc), stage_lost=isinstance(exc, PrefixRefused))
             return
         except StepError as exc:
             self.metrics.error("invalid_step")
@@ -381,7 +387,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         for step, out in zip(steps, outcomes):
             if isinstance(out, StepRefused):
                 self.metrics.error("invalid_step")
-                self._report(step, str(out))
+                self._report(step, str(out), stage_lost=isinstance(out, PrefixRefused))
         if not computed:
             return
         forwards = []
@@ -437,6 +443,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             timings=timings,
             decode=step.decode,
             draft_ids=step.draft_ids,
+            prefix_id=step.prefix_id,
         )
         self.metrics.sent_message(forward)
         return forward

@@ -11,6 +11,7 @@ from typing import Callable
 
 import mlx.core as mx
 
+from node.prefix_snapshots import Snapshot, SnapshotError, start_from, take
 from node.rollback import drop_positions
 from node.session_batches import SessionBatch
 
@@ -23,6 +24,11 @@ class SessionError(Exception):
 
 class SessionLost(SessionError):
     """The session's cache could not be brought to the step's position: it is no longer usable."""
+
+
+class PrefixMissing(SessionError):
+    """A step names a kept prefix this worker does not hold (dropped, never kept, or the worker
+    restarted): nothing was touched, and the coordinator's index is out of date."""
 
 
 @dataclass
@@ -58,16 +64,31 @@ class SessionStore:
         # open it again (it would hold a cache nobody will ever end).
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._batches: list[SessionBatch] = []
+        self.prefixes: dict[str, Snapshot] = {}
+        # Ended sessions to keep as prefixes, taken between steps (settle): (session, prefix id, tokens)
+        self._keeping: dict[str, tuple[Session, str, int]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def for_step(self, session_id: str, position: int) -> Session:
-        """The session a step at `position` belongs to, created when position is 0."""
+    def for_step(self, session_id: str, position: int, prefix_id: str = "") -> Session:
+        """The session a step at `position` belongs to, created when position is 0, or at a kept
+        prefix's position when the step names one."""
         session = self._sessions.get(session_id)
         if session is None:
             if session_id in self._ended:
                 raise SessionError(f"session {session_id!r} has ended")
+            if prefix_id and position > 0:
+                snapshot = self.prefixes.get(prefix_id)
+                if snapshot is None:
+                    raise PrefixMissing(f"prefix {prefix_id!r} is not kept here")
+                try:
+                    cache = start_from(snapshot, position)
+                except SnapshotError as exc:
+                    raise SessionError(f"prefix {prefix_id!r}: {exc}") from None
+                session = self.open_from(session_id, cache, position)
+                session.last_used = time.monotonic()
+                return session
             if position != 0:
                 raise SessionError(f"unknown session {session_id!r} (a new session starts at position 0, got {position})")
             if len(self._sessions) >= self.max_sessions:
@@ -100,7 +121,14 @@ class SessionStore:
         self._sessions[session_id] = session
         return session
 
-    def end(self, session_ids: list[str]) -> int:
+    def end(self, session_ids: list[str], keep: dict[str, tuple[str, int]] | None = None) -> int:
+        """Ends the sessions; those in `keep` (session -> prefix id, positions) are kept as prefixes
+        at the next settle (between steps: their caches may be in a batch being computed)."""
+        for sid, (prefix_id, tokens) in (keep or {}).items():
+            session = self._sessions.get(sid)
+            if session is not None:
+                self._keeping[sid] = (session, prefix_id, tokens)
+        session_ids = list(session_ids) + [sid for sid in keep or {} if sid not in session_ids]
         for sid in session_ids:
             self._ended[sid] = None
             self._ended.move_to_end(sid)
@@ -116,9 +144,19 @@ class SessionStore:
     # -- batches: called between steps, never while one computes -----------------------------------
 
     def settle(self) -> None:
-        """Takes apart batches that lost a member, giving the others their own caches back."""
+        """Takes apart batches that lost a member, giving the others their own caches back, and
+        keeps the prefixes asked for."""
         for batch in [b for b in self._batches if b.stale]:
             self._release(batch)
+        keeping, self._keeping = self._keeping, {}
+        for session, prefix_id, tokens in keeping.values():
+            try:
+                self.prefixes[prefix_id] = take(session.cache, session.position, min(tokens, session.position))
+            except SnapshotError:
+                pass  # not kept: a later step naming it is refused as missing, and the coordinator forgets it
+
+    def drop_prefixes(self, prefix_ids) -> int:
+        return sum(self.prefixes.pop(p, None) is not None for p in prefix_ids)
 
     def own_cache(self, session: Session) -> list:
         """The session's own cache (its batch, if any, is taken apart first)."""
@@ -140,7 +178,8 @@ class SessionStore:
         return batch
 
     def _release(self, batch: SessionBatch) -> None:
-        batch.release(keep=lambda s: self._sessions.get(s.session_id) is s)
+        batch.release(keep=lambda s: self._sessions.get(s.session_id) is s or
+                      self._keeping.get(s.session_id, (None,))[0] is s)
         self._batches.remove(batch)
 
     def end_idle(self, now: float | None = None) -> list[str]:
@@ -150,4 +189,8 @@ class SessionStore:
         return idle
 
     def kv_bytes(self) -> int:
-        return sum(s.nbytes() for s in self._sessions.values()) + sum(b.nbytes for b in self._batches)
+        return (sum(s.nbytes() for s in self._sessions.values()) + sum(b.nbytes for b in self._batches)
+                + self.prefix_bytes())
+
+    def prefix_bytes(self) -> int:
+        return sum(p.nbytes for p in self.prefixes.values())

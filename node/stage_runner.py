@@ -13,7 +13,7 @@ import mlx.core as mx
 from node.rollback import rollback_horizon
 from node.sampling import SampledToken, new_key, sample
 from node.session_batches import evaluate
-from node.sessions import SessionError, SessionLost, SessionStore
+from node.sessions import PrefixMissing, SessionError, SessionLost, SessionStore
 from node.speculative import verify
 from node.stage_model import StageModel
 from node.wire import from_wire, to_wire
@@ -27,6 +27,11 @@ class StepError(Exception):
 class StepRefused(StepError):
     """A step refused before it touched its session (its input, or a session it does not fit):
     the session's cache is as it was, so the session goes on."""
+
+
+class PrefixRefused(StepRefused):
+    """A new session's step names a kept prefix this stage does not hold: the coordinator should
+    forget the prefix and run the request again from its start."""
 
 
 @dataclass
@@ -73,7 +78,9 @@ class StageRunner:
 
     def _session(self, step: pb.Step):
         try:
-            return self.sessions.for_step(step.session_id, step.position)
+            return self.sessions.for_step(step.session_id, step.position, step.prefix_id)
+        except PrefixMissing as exc:
+            raise PrefixRefused(str(exc)) from exc
         except SessionLost as exc:
             raise StepError(str(exc)) from exc
         except SessionError as exc:

@@ -100,6 +100,11 @@ def validate_step(step: pb.Step, limits: StepLimits) -> str | None:
         return problem
     if step.draft_ids and (problem := _check_drafts(step, tokens, limits)):
         return problem
+    if step.prefix_id:
+        if problem := check_name("prefix_id", step.prefix_id, required=False):
+            return problem
+        if step.position <= 0:
+            return "prefix_id: a session starts from a kept prefix at a position inside it (> 0), not at 0"
     position = step.position
     if position < 0:
         return f"position: expected >= 0, got {position}"
@@ -186,6 +191,18 @@ def validate_end_session(request: pb.EndSessionRequest) -> str | None:
     for index, session_id in enumerate(ids):
         problem = check_name(f"session_ids[{index}]", session_id, required=True)
         if problem:
+            return problem
+    if len(request.keep) + len(request.drop_prefixes) > MAX_END_SESSION_IDS:
+        return f"keep, drop_prefixes: expected at most {MAX_END_SESSION_IDS} together, got {len(request.keep) + len(request.drop_prefixes)}"
+    for index, keep in enumerate(request.keep):
+        problem = (check_name(f"keep[{index}].session_id", keep.session_id, required=True)
+                   or check_name(f"keep[{index}].prefix_id", keep.prefix_id, required=True))
+        if problem:
+            return problem
+        if keep.tokens < 1:
+            return f"keep[{index}].tokens: expected at least 1, got {keep.tokens}"
+    for index, prefix_id in enumerate(request.drop_prefixes):
+        if problem := check_name(f"drop_prefixes[{index}]", prefix_id, required=True):
             return problem
     return None
 

@@ -21,7 +21,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces", "recent_step_ms", "steps_done", "metrics_port", "blas", "recent_batch_size", "rollback_horizon", "rollback_problem")
+    __slots__ = ("node_id", "boltpipe_version", "protocol_version", "hostname", "platform", "backends", "total_memory_bytes", "peak_rss_bytes", "rss_bytes", "loaded", "slice", "active_sessions", "kv_cache_bytes", "pid", "usable_memory_bytes", "machine", "machine_id", "interfaces", "recent_step_ms", "steps_done", "metrics_port", "blas", "recent_batch_size", "rollback_horizon", "rollback_problem", "prefixes", "prefix_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     BOLTPIPE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class NodeInfo(_message.Message):
     RECENT_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_HORIZON_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boltpipe_version: str
     protocol_version: int
@@ -72,7 +74,9 @@ class NodeInfo(_message.Message):
     recent_batch_size: float
     rollback_horizon: int
     rollback_problem: str
-    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., recent_step_ms: _Optional[float] = ..., steps_done: _Optional[int] = ..., metrics_port: _Optional[int] = ..., blas: _Optional[str] = ..., recent_batch_size: _Optional[float] = ..., rollback_horizon: _Optional[int] = ..., rollback_problem: _Optional[str] = ...) -> None: ...
+    prefixes: int
+    prefix_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., boltpipe_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., total_memory_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., loaded: _Optional[bool] = ..., slice: _Optional[_Union[SliceSpec, _Mapping]] = ..., active_sessions: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., pid: _Optional[int] = ..., usable_memory_bytes: _Optional[int] = ..., machine: _Optional[str] = ..., machine_id: _Optional[str] = ..., interfaces: _Optional[_Iterable[_Union[NetInterface, _Mapping]]] = ..., recent_step_ms: _Optional[float] = ..., steps_done: _Optional[int] = ..., metrics_port: _Optional[int] = ..., blas: _Optional[str] = ..., recent_batch_size: _Optional[float] = ..., rollback_horizon: _Optional[int] = ..., rollback_problem: _Optional[str] = ..., prefixes: _Optional[int] = ..., prefix_bytes: _Optional[int] = ...) -> None: ...
 
 class NetInterface(_message.Message):
     __slots__ = ("name", "address", "prefix_len", "kind")
@@ -129,10 +133,24 @@ class LoadProgress(_message.Message):
     def __init__(self, phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ..., info: _Optional[_Union[NodeInfo, _Mapping]] = ...) -> None: ...
 
 class EndSessionRequest(_message.Message):
-    __slots__ = ("session_ids",)
+    __slots__ = ("session_ids", "keep", "drop_prefixes")
     SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    DROP_PREFIXES_FIELD_NUMBER: _ClassVar[int]
     session_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    keep: _containers.RepeatedCompositeFieldContainer[KeepPrefix]
+    drop_prefixes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_ids: _Optional[_Iterable[str]] = ..., keep: _Optional[_Iterable[_Union[KeepPrefix, _Mapping]]] = ..., drop_prefixes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KeepPrefix(_message.Message):
+    __slots__ = ("session_id", "prefix_id", "tokens")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    prefix_id: str
+    tokens: int
+    def __init__(self, session_id: _Optional[str] = ..., prefix_id: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class EndSessionReply(_message.Message):
     __slots__ = ("ended",)
@@ -203,7 +221,7 @@ class ClockReply(_message.Message):
     def __init__(self, recv_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., machine_id: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("session_id", "step_id", "position", "token_ids", "hidden", "want_token", "sampling", "reply_to", "timings", "decode", "draft_ids")
+    __slots__ = ("session_id", "step_id", "position", "token_ids", "hidden", "want_token", "sampling", "reply_to", "timings", "decode", "draft_ids", "prefix_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +233,7 @@ class Step(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
     DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     step_id: int
     position: int
@@ -226,7 +245,8 @@ class Step(_message.Message):
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     decode: bool
     draft_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., want_token: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., reply_to: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., decode: _Optional[bool] = ..., draft_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    prefix_id: str
+    def __init__(self, session_id: _Optional[str] = ..., step_id: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., hidden: _Optional[_Union[Tensor, _Mapping]] = ..., want_token: _Optional[bool] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., reply_to: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., decode: _Optional[bool] = ..., draft_ids: _Optional[_Iterable[int]] = ..., prefix_id: _Optional[str] = ...) -> None: ...
 
 class StepGroup(_message.Message):
     __slots__ = ("steps",)

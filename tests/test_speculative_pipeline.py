@@ -4,7 +4,8 @@ mostly kept (the model repeats a given passage) and mostly rejected (free text),
 on and off in the same cluster (a request opts out), and with a draft model; drafts were really checked (the metrics count
 kept ones); a request that a stage failure interrupts mid-way continues with the uninterrupted
 tokens. The model is the demo's dequantized to float32 (the regime that resembles the target, and
-faster here than the 4-bit one); one cluster per stage count for the module."""
+faster here than the 4-bit one); one cluster per stage count for the module. The 3-stage cluster also
+serves the wire test of kept prefixes (issue 19 groundwork: EndSession keeps, a Step names one)."""
 
 from __future__ import annotations
 
@@ -155,3 +156,53 @@ def test_a_replayed_speculative_request_gives_the_uninterrupted_tokens(cluster_o
 
     assert harness.run(interrupted()) == reference["grounded"]
     assert sum(k for _, k in trips) > 0
+
+
+async def _session(cluster, session_id: str, ids: list[int], start: int, new_tokens: int,
+                   prefix_id: str = "") -> list[int]:
+    """A session driven step by step through the client: the prompt from `start` on (the first step
+    naming `prefix_id`, when given), then greedy tokens."""
+    from proto import boltpipe_pb2 as pb
+
+    client, engine = cluster.client, cluster.engine
+    results = client.open_session(session_id)
+    step_id, position, out = 0, start, []
+    if len(ids) - 1 > start:
+        client.send(pb.Step(session_id=session_id, step_id=step_id, position=position, token_ids=ids[start:-1],
+                            prefix_id=prefix_id))
+        step_id, position, prefix_id = step_id + 1, len(ids) - 1, ""
+    token = ids[-1]
+    for _ in range(new_tokens):
+        client.send(pb.Step(session_id=session_id, step_id=step_id, position=position, token_ids=[token],
+                            want_token=True, prefix_id=prefix_id))
+        result = await engine._result_for(results, step_id)
+        token, step_id, position, prefix_id = result.token_id, step_id + 1, position + 1, ""
+        out.append(token)
+    return out
+
+
+def test_a_kept_prefix_starts_another_session_on_every_stage_until_dropped(cluster_of, prompt_ids, model_dir):
+    """Issue 19 groundwork on the wire: EndSession keeps a session's first positions as a prefix on
+    every stage; a new session naming it starts there and gets mlx-lm's tokens for its own prompt;
+    once dropped, naming it is refused as the stage's loss (the coordinator can run the request again)."""
+    from proto import boltpipe_pb2 as pb
+
+    harness = cluster_of(3)
+    cluster = harness.cluster
+    first = prompt_ids["grounded"]
+    assert harness.run(_session(cluster, "keep-a", first, 0, 4)) == greedy_tokens(model_dir, first, 4)
+    kept = len(first) // 2
+    harness.run(cluster.client.end_session("keep-a", keep=pb.KeepPrefix(session_id="keep-a", prefix_id="p1",
+                                                                       tokens=kept)))
+    second = first[:kept] + prompt_ids["free"][-12:]
+    for name in ("keep-b", "keep-c"):  # twice: the prefix is shared, never written into
+        assert harness.run(_session(cluster, name, second, kept, 6, "p1")) == greedy_tokens(model_dir, second, 6)
+        harness.run(cluster.client.end_session(name))
+    infos = harness.run(cluster.client.infos())
+    assert [i.prefixes for i in infos] == [1, 1, 1] and all(i.prefix_bytes > 0 for i in infos)
+    harness.run(cluster.client.end_session("keep-c", drop_prefixes=["p1"]))
+    assert [i.prefixes for i in harness.run(cluster.client.infos())] == [0, 0, 0]
+    with pytest.raises(Exception, match="not kept here") as failure:
+        harness.run(_session(cluster, "keep-d", second, kept, 1, "p1"))
+    assert type(failure.value).__name__ == "StageFailure"  # the stage's loss: a replay starts afresh
+    harness.run(cluster.client.end_session("keep-d"))

@@ -260,6 +260,25 @@ def test_end_session_ids_are_bounded() -> None:
     assert validate_end_session(pb.EndSessionRequest(session_ids=["z" * 129])).startswith("session_ids[0]: expected at most")
 
 
+def test_kept_and_dropped_prefixes_are_named_and_bounded() -> None:
+    keep = pb.KeepPrefix(session_id="a", prefix_id="p1", tokens=12)
+    assert validate_end_session(pb.EndSessionRequest(keep=[keep], drop_prefixes=["p0"])) is None
+    assert validate_end_session(pb.EndSessionRequest(keep=[pb.KeepPrefix(session_id="a", prefix_id="p1")])) == \
+        "keep[0].tokens: expected at least 1, got 0"
+    assert validate_end_session(pb.EndSessionRequest(keep=[pb.KeepPrefix(session_id="a", tokens=3)])) == \
+        "keep[0].prefix_id: expected a non-empty name, got an empty one"
+    assert validate_end_session(pb.EndSessionRequest(drop_prefixes=["\x00"])).startswith("drop_prefixes[0]:")
+    many = pb.EndSessionRequest(drop_prefixes=["p"] * (MAX_END_SESSION_IDS + 1))
+    assert validate_end_session(many).startswith("keep, drop_prefixes: expected at most")
+
+
+def test_a_step_starts_from_a_kept_prefix_inside_it() -> None:
+    assert validate_step(step0(position=5, prefix_id="p1"), limits(0)) is None
+    assert refused(step0(position=0, prefix_id="p1")) == \
+        "prefix_id: a session starts from a kept prefix at a position inside it (> 0), not at 0"
+    assert refused(step0(position=5, prefix_id="x" * 200)).startswith("prefix_id: expected at most")
+
+
 def test_results_need_a_bounded_reply_to() -> None:
     assert validate_results_request(pb.ResultsRequest(reply_to="coord-1")) is None
     assert validate_results_request(pb.ResultsRequest()) == "reply_to: expected a non-empty name, got an empty one"

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Sequence
 
 import grpc
 
@@ -175,10 +175,14 @@ class PipelineClient:
         if not await self.watch.wait_all_up(timeout_s):
             raise PipelineError(f"{self.watch.describe_down()}; still down after waiting {timeout_s:g} s")
 
-    async def end_session(self, session_id: str, timeout: float = 5.0) -> None:
+    async def end_session(self, session_id: str, timeout: float = 5.0, *, keep: pb.KeepPrefix | None = None,
+                          drop_prefixes: Sequence[str] = ()) -> None:
+        """Ends the session on every stage; `keep`: its first positions stay there as a prefix;
+        `drop_prefixes`: kept prefixes every stage forgets."""
         self._sessions.pop(session_id, None)
         self._ended.append(session_id)
-        request = pb.EndSessionRequest(session_ids=[session_id])
+        request = pb.EndSessionRequest(session_ids=[session_id], keep=[keep] if keep else [],
+                                       drop_prefixes=list(drop_prefixes))
         results = await asyncio.gather(
             *(stub.EndSession(request, timeout=timeout) for i, stub in enumerate(self.stubs) if self.watch.is_up(i)),
             return_exceptions=True)
