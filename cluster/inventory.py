@@ -135,6 +135,8 @@ class Inventory:
     batches_in_flight: int = 0        # decode batches travelling the ring at once (0: one per stage)
     speculation: str = "prompt_lookup"  # drafts checked several per trip by a lone stream: prompt_lookup, draft_model, off
     max_draft_tokens: int = 4         # most drafts one trip carries (the controller picks fewer when they miss)
+    prefix_cache: bool = True         # finished requests leave their caches for the next that shares their start
+    prefix_cache_share: float = 0.25  # of each worker's planned KV budget that kept prefixes may use
     tls: str = "auto"                 # mutual TLS between coordinator and workers: auto (beyond loopback), on, off
     extra: dict = field(default_factory=dict)
 
@@ -392,7 +394,13 @@ def parse_inventory(data: Any, *, source: Path) -> Inventory:
     else:
         _known_keys(pipeline, ("prefill_chunk", "kv_budget_mb", "runtime_overhead_mb", "health_interval_s",
                                "health_timeout_s", "max_batch", "batches_in_flight", "speculation",
-                               "max_draft_tokens"), "pipeline", problems)
+                               "max_draft_tokens", "prefix_cache", "prefix_cache_share"), "pipeline", problems)
+        limits["prefix_cache"] = pipeline.get("prefix_cache", True)
+        if not isinstance(limits["prefix_cache"], bool):
+            problems.append(f"pipeline.prefix_cache: expected true or false, got {limits['prefix_cache']!r}")
+            limits["prefix_cache"] = True
+        limits["prefix_cache_share"] = float(_bounded(pipeline, "prefix_cache_share", 0.25, 0.01, 0.9, "pipeline",
+                                                      problems, integer=False))
         drafting = "draft_model" if model.draft is not None else "prompt_lookup"
         limits["speculation"] = pipeline.get("speculation", drafting)
         if limits["speculation"] is False:  # YAML's bare `off`

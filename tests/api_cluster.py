@@ -25,15 +25,22 @@ class ApiCluster:
     def base_url(self) -> str:
         return f"{self.inventory.url}/v1"
 
-    def worker_sessions(self) -> list[int]:
-        """Open sessions on each worker, straight from the workers."""
-        counts = []
+    def worker_infos(self) -> list[pb.NodeInfo]:
+        """Each worker's NodeInfo, straight from the workers."""
+        infos = []
         for node in self.inventory.nodes:
             with grpc.insecure_channel(node.address) as channel:
-                info = pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=5,
-                                                           metadata=secret_metadata(self.inventory, self.home))
-                counts.append(info.active_sessions)
-        return counts
+                infos.append(pb_grpc.WorkerStub(channel).GetInfo(pb.InfoRequest(), timeout=5,
+                                                                 metadata=secret_metadata(self.inventory, self.home)))
+        return infos
+
+    def worker_sessions(self) -> list[int]:
+        """Open sessions on each worker."""
+        return [info.active_sessions for info in self.worker_infos()]
+
+    def worker_prefixes(self) -> list[int]:
+        """Prefixes each worker keeps for later sessions."""
+        return [info.prefixes for info in self.worker_infos()]
 
 
 def start_api_cluster(directory: Path, model_dir: Path, *, serve: dict, extra: dict | None = None) -> ApiCluster:

@@ -135,3 +135,24 @@ def test_killed_worker_with_replay_completes_with_the_uninterrupted_text(with_re
     while any(with_replay.worker_sessions()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert with_replay.worker_sessions() == [0, 0, 0]
+
+
+def test_a_worker_restart_between_turns_costs_a_miss_not_a_wrong_answer(with_replay: ApiCluster,
+                                                                        smollm2_dir: Path) -> None:
+    """Prefix caching: the second turn would start from what the first left on the stages, but w2
+    restarted in between and lost it; the turn still gets mlx-lm's answer to the whole conversation."""
+    client = openai.OpenAI(base_url=with_replay.base_url, api_key="unused")
+    tokenizer = tokenizer_for(smollm2_dir)
+    messages = [{"role": "user", "content": "Name a large city in Japan."}]
+    first = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=12,
+                                           temperature=0).choices[0].message.content
+    assert all(n > 0 for n in with_replay.worker_prefixes())
+    victim = worker(with_replay, "w2")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert wait_healthy(with_replay, within_s=120)["status"] == "ok"
+    assert with_replay.worker_prefixes()[1] == 0  # the new w2 keeps nothing
+    messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "And another one?"}]
+    second = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=12,
+                                            temperature=0).choices[0].message.content
+    assert second == reference_text(smollm2_dir, tokenizer.encode_chat(messages), 12)

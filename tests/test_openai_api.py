@@ -297,3 +297,31 @@ def test_full_server_refuses_fast_and_admitted_requests_finish(api: ApiCluster) 
         assert done_at < first_admitted_done, "a refusal waited for a slot instead of coming back at once"
     assert all(r[3]["usage"]["completion_tokens"] == 24 for r in admitted)
     assert sessions_drain(api, 2.0) == [0, 0, 0]
+
+
+def test_a_six_turn_chat_reuses_its_history_and_gives_mlx_lm_tokens(api: ApiCluster, smollm2_dir: Path) -> None:
+    """Prefix caching (on by default): each turn resends the conversation; the stages keep what the
+    last turn computed, so each turn starts from it (the metrics count the hits and the positions
+    reused), and every answer is still mlx-lm's greedy answer to the whole conversation."""
+    client = openai.OpenAI(base_url=api.base_url, api_key="unused")
+    tokenizer = tokenizer_for(smollm2_dir)
+    before = httpx.get(f"{api.base_url.removesuffix('/v1')}/metrics").text
+    messages = [{"role": "system", "content": "You are a helpful assistant who answers briefly."}]
+    for question in ("Hi!", "What is the capital of France?", "And of Italy?", "Name a river there.",
+                     "How long is it?", "Thank you."):
+        messages.append({"role": "user", "content": question})
+        reply = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=16,
+                                               temperature=0)
+        answer = reply.choices[0].message.content
+        assert answer == reference_text(smollm2_dir, tokenizer.encode_chat(messages), 16), question
+        messages.append({"role": "assistant", "content": answer})
+    after = httpx.get(f"{api.base_url.removesuffix('/v1')}/metrics").text
+
+    def value(text: str, name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+    assert value(after, "boltpipe_coordinator_prefix_hits_total") - value(before, "boltpipe_coordinator_prefix_hits_total") >= 5
+    reused = value(after, "boltpipe_coordinator_prefix_tokens_reused_total") - value(
+        before, "boltpipe_coordinator_prefix_tokens_reused_total")
+    assert reused >= 5 * 20  # each later turn skips at least the system prompt and the first turn
+    assert all(n > 0 for n in api.worker_prefixes())

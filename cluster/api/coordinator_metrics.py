@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from cluster.api.admission import Admission
 from node.worker_metrics import HOP_BUCKETS
@@ -36,6 +36,32 @@ class _AdmissionGauges:
         stats = self.admission.stats()
         for name, help_text, value in (("boltpipe:num_requests_running", "requests generating now", stats.running),
                                        ("boltpipe:num_requests_waiting", "requests waiting for a slot", stats.waiting)):
+            gauge = GaugeMetricFamily(name, help_text, labels=["model_name"])
+            gauge.add_metric([self.model_name], value)
+            yield gauge
+
+
+class _PrefixCacheFigures:
+    """The prefix cache's hits, misses, positions reused and what it holds, read at scrape time."""
+
+    def __init__(self, model_name: str, prefix_cache):
+        self.model_name = model_name
+        self.prefix_cache = prefix_cache
+
+    def collect(self):
+        figures = self.prefix_cache.figures
+        for name, help_text, value in (
+                ("boltpipe_coordinator_prefix_hits", "requests that started from a kept prefix", figures.hits),
+                ("boltpipe_coordinator_prefix_misses", "requests that found no kept prefix", figures.misses),
+                ("boltpipe_coordinator_prefix_tokens_reused", "prompt positions not computed again",
+                 figures.tokens_reused)):
+            counter = CounterMetricFamily(name, help_text, labels=["model_name"])
+            counter.add_metric([self.model_name], value)
+            yield counter
+        for name, help_text, value in (
+                ("boltpipe_coordinator_prefix_entries", "prefixes the stages keep", len(self.prefix_cache)),
+                ("boltpipe_coordinator_prefix_bytes", "their planned bytes on the stage keeping the most per position",
+                 self.prefix_cache.nbytes)):
             gauge = GaugeMetricFamily(name, help_text, labels=["model_name"])
             gauge.add_metric([self.model_name], value)
             yield gauge
@@ -94,6 +120,9 @@ class CoordinatorMetrics:
 
     def replayed(self) -> None:
         self.replays.labels(self.model_name).inc()
+
+    def watch_prefix_cache(self, prefix_cache) -> None:
+        self.registry.register(_PrefixCacheFigures(self.model_name, prefix_cache))
 
     def speculated(self, drafter: str, drafted: int, kept: int) -> None:
         """One speculative trip: it gave kept + 1 tokens."""

@@ -29,9 +29,10 @@ from cluster.pipeline.decode_batcher import DecodeBatcher
 from cluster.pipeline.engine import Engine
 from cluster.pipeline.pipeline_client import PipelineClient, StageEndpoint
 from cluster.pipeline.stage_watch import WatchSettings
+from cluster.pipeline.prefix_cache import PrefixCache
 from cluster.pipeline.speculation import plan_speculation
 from cluster.pipeline.tokenizer import PromptTokenizer
-from cluster.planning.cluster_plan import ClusterPlan, PlannedStage, make_plan
+from cluster.planning.cluster_plan import ClusterPlan, PlannedStage, kv_dtype_bytes, make_plan
 from cluster.planning.discovery import Browser, DiscoveryTimeout
 from cluster.planning.node_facts import NodeFactsError, check_version, gather_facts
 from deploy.local import LocalWorker, LocalWorkerSpec, start_local_workers, stop_pids
@@ -39,6 +40,7 @@ from deploy.ssh import SshError
 from node import sysinfo
 from node.cluster_auth import ClusterAuth
 from node.model_config import ModelInfo
+from node.kv_profile import kv_profile
 from node.model_sizes import read_model_sizes
 from proto import boltpipe_pb2 as pb
 from proto import boltpipe_pb2_grpc as pb_grpc
@@ -90,6 +92,28 @@ class RunningCluster:
         if self.engine.speculation.draft_model is not None:
             self.engine.speculation.draft_model.close()
         stop_pids([w.pid for w in self.local_workers])
+
+
+def _on_stage_change(metrics: CoordinatorMetrics, engine: Engine):
+    def changed(stage: int, up: bool, why: str) -> None:
+        metrics.stage_changed(stage, up, why)
+        if not up and engine.prefix_cache is not None:
+            engine.prefix_cache.forget_all()  # a stage that went down lost what it kept
+    return changed
+
+
+def prefix_cache_for(inventory: Inventory, model: ModelInfo, plan: ClusterPlan) -> PrefixCache | None:
+    """The coordinator's index of kept prefixes, sized from the plan: a share of the smallest KV
+    budget, in bytes of the stage that keeps the most per position (windows counted whole)."""
+    if not inventory.prefix_cache:
+        return None
+    profile = kv_profile(model.config)
+    dtype = kv_dtype_bytes(model)
+    per_token = max(sum(layer.per_token for layer in profile[s.layer_start:s.layer_end]) * dtype for s in plan.stages)
+    budget = int(inventory.prefix_cache_share * min(s.placement.kv_bytes for s in plan.stages))
+    # Recurrent states and windows describe exactly the positions they saw: no cutting back.
+    exact = any(layer.fixed or layer.max_tokens for layer in profile)
+    return PrefixCache(budget, max(1, per_token), exact_only=exact)
 
 
 async def _draft_model(inventory: Inventory, tokenizer: PromptTokenizer):
@@ -253,14 +277,17 @@ async def bring_up(
                         replay=inventory.replay, replay_timeout_s=inventory.replay_timeout_s, batcher=batcher,
                         speculation=plan_speculation(inventory.speculation, inventory.max_draft_tokens, infos,
                                                      await _draft_model(inventory, tokenizer)))
+        engine.prefix_cache = prefix_cache_for(inventory, model, plan)
         if engine.speculation.problem:
             log.warning("speculative decoding is off: %s", engine.speculation.problem)
         admission = Admission(plan.max_sessions, inventory.max_queue, inventory.queue_timeout_s)
         metrics = CoordinatorMetrics(model_name, admission)
         client.on_return_hop = metrics.observe_return_hop
-        client.watch.on_change = metrics.stage_changed
+        client.watch.on_change = _on_stage_change(metrics, engine)
         engine.on_replay = metrics.replayed
         engine.on_speculated = metrics.speculated
+        if engine.prefix_cache is not None:
+            metrics.watch_prefix_cache(engine.prefix_cache)
         cluster = RunningCluster(inventory, model, model_name, plan, workers, client, engine, admission, metrics,
                                  infos, browser, vanished, defaults=model_defaults(inventory.model))
         cluster.supervisor = asyncio.create_task(keep_running(cluster.local_workers, cluster.worker_restarted))

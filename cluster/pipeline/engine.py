@@ -14,6 +14,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 from cluster.pipeline.decode_batcher import DecodeBatcher
 from cluster.pipeline.pipeline_client import PipelineClient, PipelineError, StageFailure
+from cluster.pipeline.prefix_cache import PrefixCache, PrefixStart
 from cluster.pipeline.speculation import SessionDrafter, SpeculationPlan
 from cluster.pipeline.text_stream import IncrementalDecoder, StopMatcher
 from cluster.pipeline.tokenizer import PromptTokenizer
@@ -91,6 +92,7 @@ class Engine:
         max_replays: int = 3,
         batcher: DecodeBatcher | None = None,
         speculation: SpeculationPlan | None = None,
+        prefix_cache: PrefixCache | None = None,
     ):
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be at least 1")
@@ -104,6 +106,7 @@ class Engine:
         self.max_replays = max_replays
         self.batcher = batcher
         self.speculation = speculation or SpeculationPlan("off")
+        self.prefix_cache = prefix_cache
         self.on_replay: Callable[[], None] | None = None  # metrics
         # metrics: (drafter, drafted, kept) for each speculative trip
         self.on_speculated: Callable[[str, int, int], None] | None = None
@@ -139,6 +142,8 @@ class Engine:
                         return
                 return
             except StageFailure as exc:
+                if self.prefix_cache is not None:
+                    self.prefix_cache.forget_all()  # the failed stage's prefixes are gone
                 if not self.replay or replays >= self.max_replays:
                     raise
                 replays += 1
@@ -154,13 +159,19 @@ class Engine:
         results = self.client.open_session(session_id)
         sampling = params.to_wire()
         step_id = 0
-        position = 0
+        # A kept prefix of this prompt, if the stages hold one (not for a replay: it rebuilds its
+        # caches step by step, as the first time).
+        start = self.prefix_cache.start(prompt_ids) if self.prefix_cache is not None and not generated else PrefixStart()
+        position = held = start.position
+        prefix_id = start.prefix_id  # named by the session's first step only
+        settled = False  # nothing in flight: the caches hold exactly `held` positions
         try:
             body = list(prompt_ids[:-1])
-            for start in range(0, len(body), self.prefill_chunk):
-                chunk = body[start : start + self.prefill_chunk]
-                self.client.send(pb.Step(session_id=session_id, step_id=step_id, position=position, token_ids=chunk))
-                step_id += 1
+            for chunk_start in range(position, len(body), self.prefill_chunk):
+                chunk = body[chunk_start : chunk_start + self.prefill_chunk]
+                self.client.send(pb.Step(session_id=session_id, step_id=step_id, position=position, token_ids=chunk,
+                                         prefix_id=prefix_id))
+                step_id, prefix_id = step_id + 1, ""
                 position += len(chunk)
             # A replay: every token that went through before goes through again, one step each,
             # as it did the first time (the numbers of the caches stay the same).
@@ -192,7 +203,9 @@ class Engine:
                     sampling=sampling,
                     decode=decode,
                     draft_ids=drafts,
+                    prefix_id=prefix_id,
                 )
+                prefix_id = ""
                 batched = decode and not drafts and self.batcher is not None
                 if batched:
                     self.batcher.send(step)
@@ -200,11 +213,13 @@ class Engine:
                     self.client.send(step)
                 wanted = step_id
                 step_id += 1
+                settled = False
                 try:
                     result = await self._result_for(results, wanted)
                 finally:
                     if batched:
                         self.batcher.returned(session_id)
+                settled, held = True, position + 1 + len(drafts)
                 received_ns = time.time_ns()
                 chosen = [(result.token_id, result.logprob, result.top_logprobs), *(
                     (t.token_id, t.logprob, t.top_logprobs) for t in result.more_tokens)][:remaining]
@@ -233,8 +248,18 @@ class Engine:
             self._decoding.discard(session_id)
             if self.batcher is not None:
                 self.batcher.leave(session_id)
+            keep, drops = None, []
+            if self.prefix_cache is not None:
+                # What the caches hold is kept for the next request (a chat's next turn) unless a
+                # step is still in flight or the stages hold rejected guesses a model without
+                # cut-back cannot drop.
+                exact = self.prefix_cache.index.exact_only
+                if settled and (held == position or not exact):
+                    keep, drops = self.prefix_cache.keep(session_id, [*prompt_ids, *generated][:position])
+                else:
+                    drops = self.prefix_cache.keep(session_id, [])[1]
             # Shielded: a request cancelled (its client left) still ends its session everywhere.
-            await asyncio.shield(self.client.end_session(session_id))
+            await asyncio.shield(self.client.end_session(session_id, keep=keep, drop_prefixes=drops))
 
     async def _result_for(self, results: asyncio.Queue, step_id: int) -> pb.StepResult:
         """Waits for `step_id`'s result; earlier prefill acknowledgements are passed over."""
