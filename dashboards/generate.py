@@ -272,7 +272,21 @@ def _request_panels() -> list[timeseries.Panel]:
             "How long requests wait for admission at the coordinator.",
         ),
         _speculation_panel(),
+        _prefix_cache_panel(),
     ]
+
+
+def _prefix_cache_panel() -> timeseries.Panel:
+    hits = _sum_rate("boltpipe_coordinator_prefix_hits_total", CLUSTER)
+    misses = _sum_rate("boltpipe_coordinator_prefix_misses_total", CLUSTER)
+    reused = _sum_rate("boltpipe_coordinator_prefix_tokens_reused_total", CLUSTER)
+    return _timeseries(
+        "Prefix cache: hit share / prompt positions reused per second",
+        "short",
+        [(f"{hits} / ({hits} + {misses})", "hit share"), (reused, "positions reused / s")],
+        "Requests that started from a prefix an earlier request left on the workers, and the prompt "
+        "positions they did not compute again.",
+    )
 
 
 def _speculation_panel() -> timeseries.Panel:

@@ -1,5 +1,5 @@
-"""A session's cache kept as a prefix that later sessions start from (issue 19 groundwork: not wired
-to the wire yet), for the cache types mlx-lm's models use.
+"""A session's cache kept as a prefix that later sessions start from (prefix caching), for the
+cache types mlx-lm's models use.
 
 A snapshot holds the first `tokens` positions of every layer's cache and is never stepped itself;
 a session started from it gets caches of its own (new array objects: MLX's in-place cache updates

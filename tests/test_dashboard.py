@@ -46,6 +46,12 @@ COORDINATOR_SERIES = {
     "boltpipe_coordinator_request_failures_total",
     "boltpipe:num_requests_running",
     "boltpipe:num_requests_waiting",
+    "boltpipe_coordinator_speculative_trips_total",
+    "boltpipe_coordinator_drafted_tokens_total",
+    "boltpipe_coordinator_accepted_tokens_total",
+    "boltpipe_coordinator_prefix_hits_total",
+    "boltpipe_coordinator_prefix_misses_total",
+    "boltpipe_coordinator_prefix_tokens_reused_total",
 }
 # A histogram is only ever queried through the series Prometheus stores for it.
 KNOWN = (

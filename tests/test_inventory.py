@@ -265,7 +265,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
 
 def test_unknown_model_key(tmp_path: Path) -> None:
     problem = the_problem(valid(model={"gguf": BUNDLED_MODEL, "quant": "q4"}), tmp_path)
-    assert problem == "model.quant: unknown field (allowed: gguf, path, ollama, ollama_dir, name, hf, revision)"
+    assert problem == "model.quant: unknown field (allowed: gguf, path, ollama, ollama_dir, name, hf, revision, draft)"
 
 
 def test_unknown_node_key(tmp_path: Path) -> None:
@@ -286,7 +286,7 @@ def test_unknown_pipeline_key(tmp_path: Path) -> None:
     problem = the_problem(valid(pipeline={"prefill_chunk": 64, "batch": 4}), tmp_path)
     assert problem == ("pipeline.batch: unknown field (allowed: prefill_chunk, kv_budget_mb, runtime_overhead_mb, "
                        "health_interval_s, health_timeout_s, max_batch, batches_in_flight, speculation, "
-                       "max_draft_tokens)")
+                       "max_draft_tokens, prefix_cache, prefix_cache_share)")
 
 
 def test_batching_settings_and_their_defaults(tmp_path: Path) -> None:
@@ -305,9 +305,20 @@ def test_speculation_settings_and_their_defaults(tmp_path: Path) -> None:
         inv = parse_inventory(valid(pipeline={"speculation": off, "max_draft_tokens": 8}), source=tmp_path / "inv.yaml")
         assert (inv.speculation, inv.max_draft_tokens) == ("off", 8)
     assert the_problem(valid(pipeline={"speculation": "medusa"}), tmp_path) == \
-        "pipeline.speculation: expected one of prompt_lookup, off, got 'medusa'"
+        "pipeline.speculation: expected one of prompt_lookup, draft_model, off, got 'medusa'"
     assert the_problem(valid(pipeline={"max_draft_tokens": 0}), tmp_path) == \
         "pipeline.max_draft_tokens: expected an integer 1-16, got 0"
+
+
+def test_prefix_cache_settings_and_their_defaults(tmp_path: Path) -> None:
+    inv = parse_inventory(valid(), source=tmp_path / "inv.yaml")
+    assert (inv.prefix_cache, inv.prefix_cache_share) == (True, 0.25)
+    inv = parse_inventory(valid(pipeline={"prefix_cache": False, "prefix_cache_share": 0.5}), source=tmp_path / "inv.yaml")
+    assert (inv.prefix_cache, inv.prefix_cache_share) == (False, 0.5)
+    assert the_problem(valid(pipeline={"prefix_cache": "yes"}), tmp_path) == \
+        "pipeline.prefix_cache: expected true or false, got 'yes'"
+    assert the_problem(valid(pipeline={"prefix_cache_share": 2}), tmp_path).startswith(
+        "pipeline.prefix_cache_share: expected a number 0.01-0.9")
 
 
 def test_fault_and_security_settings_and_their_defaults(tmp_path: Path) -> None:

@@ -325,3 +325,31 @@ def test_a_six_turn_chat_reuses_its_history_and_gives_mlx_lm_tokens(api: ApiClus
         before, "boltpipe_coordinator_prefix_tokens_reused_total")
     assert reused >= 5 * 20  # each later turn skips at least the system prompt and the first turn
     assert all(n > 0 for n in api.worker_prefixes())
+
+
+def test_two_concurrent_conversations_sharing_a_system_prompt_do_not_disturb_each_other(
+        api: ApiCluster, smollm2_dir: Path) -> None:
+    """Both start from the kept prefix of the shared system prompt (and later from their own turns)
+    at the same time; each still gets mlx-lm's answers to its own conversation."""
+    client = openai.AsyncOpenAI(base_url=api.base_url, api_key="unused")
+    tokenizer = tokenizer_for(smollm2_dir)
+    system = {"role": "system", "content": "You are a terse assistant. Answer in one short sentence."}
+
+    async def conversation(questions: list[str]) -> list[tuple[list[dict], str]]:
+        messages, turns = [system], []
+        for question in questions:
+            messages.append({"role": "user", "content": question})
+            reply = await client.chat.completions.create(model="smollm2-135m-instruct", messages=messages,
+                                                         max_tokens=12, temperature=0)
+            answer = reply.choices[0].message.content
+            turns.append((list(messages), answer))
+            messages.append({"role": "assistant", "content": answer})
+        return turns
+
+    async def both():
+        return await asyncio.gather(conversation(["What is rain?", "And snow?", "And hail?"]),
+                                    conversation(["Name a fruit.", "Name a vegetable.", "Name a nut."]))
+
+    for turns in asyncio.run(both()):
+        for messages, answer in turns:
+            assert answer == reference_text(smollm2_dir, tokenizer.encode_chat(messages), 12), messages[-1]

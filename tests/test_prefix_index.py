@@ -1,4 +1,4 @@
-"""The coordinator's prefix index (cluster/pipeline/prefix_index.py, issue 19 groundwork): the match
+"""The coordinator's prefix index (cluster/pipeline/prefix_index.py): the match
 is the longest common prefix with any cached entry (checked against a brute-force search over random
 histories, entries added and removed), at least one prompt token is left to compute, an entry longer
 than the prompt serves it cut back, exact-only models match whole entries only, and the byte budget

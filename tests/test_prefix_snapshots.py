@@ -1,4 +1,4 @@
-"""Prefixes kept on the stages (node/prefix_snapshots.py, issue 19 groundwork), for every supported
+"""Prefixes kept on the stages (node/prefix_snapshots.py), for every supported
 family through 3 stages: a session started from a snapshot of another session's first positions
 (any prefix for full attention and unwrapped windows; exactly the positions seen for recurrent
 states and wrapped windows) goes on with exactly mlx-lm's tokens for its own prompt, a second session

@@ -5,7 +5,7 @@ on and off in the same cluster (a request opts out), and with a draft model; dra
 kept ones); a request that a stage failure interrupts mid-way continues with the uninterrupted
 tokens. The model is the demo's dequantized to float32 (the regime that resembles the target, and
 faster here than the 4-bit one); one cluster per stage count for the module. The 3-stage cluster also
-serves the wire test of kept prefixes (issue 19 groundwork: EndSession keeps, a Step names one)."""
+serves the wire test of kept prefixes (EndSession keeps, a Step names one)."""
 
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ async def _session(cluster, session_id: str, ids: list[int], start: int, new_tok
 
 
 def test_a_kept_prefix_starts_another_session_on_every_stage_until_dropped(cluster_of, prompt_ids, model_dir):
-    """Issue 19 groundwork on the wire: EndSession keeps a session's first positions as a prefix on
+    """Prefix caching on the wire: EndSession keeps a session's first positions as a prefix on
     every stage; a new session naming it starts there and gets mlx-lm's tokens for its own prompt;
     once dropped, naming it is refused as the stage's loss (the coordinator can run the request again)."""
     from proto import boltpipe_pb2 as pb

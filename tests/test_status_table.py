@@ -131,3 +131,24 @@ def test_the_coordinator_line_shows_speculation_from_its_counters() -> None:
     assert (figures.speculative_trips, figures.acceptance, figures.tokens_per_trip) == (3, 0.6, 3.0)
     text = status.render([], asdict(figures), "api: up", 2.0)
     assert "speculation: 3 trips with drafts, 60% of drafts kept, 3.00 tokens per such trip" in text
+
+
+def test_the_coordinator_line_shows_the_prefix_cache() -> None:
+    from dataclasses import asdict
+
+    from cluster.api.admission import Admission
+    from cluster.api.coordinator_metrics import CoordinatorMetrics
+    from cluster.commands.live_metrics import coordinator_figures
+    from cluster.pipeline.prefix_cache import PrefixCache
+
+    metrics = CoordinatorMetrics("demo", Admission(4, 8, 30.0))
+    cache = PrefixCache(10_000, 10, exact_only=False)
+    metrics.watch_prefix_cache(cache)
+    cache.keep("s1", list(range(40)))
+    cache.start(list(range(50))), cache.start([7, 7, 7])
+    read = lambda at: parse_scrape(generate_latest(metrics.registry).decode(), at_s=at)  # noqa: E731
+    figures = coordinator_figures(read(0.0), read(2.0))
+    assert (figures.prefix_hits, figures.prefix_misses, figures.prefix_tokens_reused, figures.prefix_entries) == \
+        (1, 1, 40, 1)
+    text = status.render([], asdict(figures), "api: up", 2.0)
+    assert "prefix cache: 1 hits, 1 misses, 40 prompt positions reused, 1 prefixes kept" in text

@@ -155,6 +155,11 @@ class CoordinatorFigures:
     speculative_trips: int = 0
     acceptance: float | None = None       # drafted tokens the last stage kept
     tokens_per_trip: float | None = None  # of the speculative trips
+    # Prefix caching since the coordinator started.
+    prefix_hits: int = 0
+    prefix_misses: int = 0
+    prefix_tokens_reused: int = 0
+    prefix_entries: int = 0
 
 
 def coordinator_figures(before: Scrape, after: Scrape) -> CoordinatorFigures:
@@ -163,6 +168,10 @@ def coordinator_figures(before: Scrape, after: Scrape) -> CoordinatorFigures:
     drafted = after.total("boltpipe_coordinator_drafted_tokens_total")
     kept = after.total("boltpipe_coordinator_accepted_tokens_total")
     return CoordinatorFigures(
+        prefix_hits=int(after.total("boltpipe_coordinator_prefix_hits_total")),
+        prefix_misses=int(after.total("boltpipe_coordinator_prefix_misses_total")),
+        prefix_tokens_reused=int(after.total("boltpipe_coordinator_prefix_tokens_reused_total")),
+        prefix_entries=int(after.total("boltpipe_coordinator_prefix_entries")),
         speculative_trips=int(trips),
         acceptance=_round(kept / drafted) if drafted else None,
         tokens_per_trip=_round(1 + kept / trips) if trips else None,

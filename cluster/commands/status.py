@@ -143,6 +143,10 @@ def render(rows: list[dict], coordinator: dict | None, api_line: str, interval_s
                      f"generated {_cell(coordinator['generated_per_s'])} tokens/s; TTFT p50 "
                      f"{_cell(coordinator['ttft_p50_ms'], ' ms')}; inter-token p50 {_cell(coordinator['itl_p50_ms'], ' ms')}"
                      f", p95 {_cell(coordinator['itl_p95_ms'], ' ms')}")
+        if coordinator.get("prefix_hits") or coordinator.get("prefix_misses"):
+            lines.append(f"prefix cache: {coordinator['prefix_hits']} hits, {coordinator['prefix_misses']} misses, "
+                         f"{coordinator['prefix_tokens_reused']} prompt positions reused, "
+                         f"{coordinator['prefix_entries']} prefixes kept")
         if coordinator.get("speculative_trips"):
             lines.append(f"speculation: {coordinator['speculative_trips']} trips with drafts, "
                          f"{coordinator['acceptance']:.0%} of drafts kept, "

@@ -1,6 +1,6 @@
 """Which token prefixes the pipeline holds, and which one a new prompt should start from (issue 19,
 prefix caching): a pure index the coordinator keeps for every stage at once, so the stages never
-search. Not wired into the engine yet.
+search (cluster/pipeline/prefix_cache.py puts it to work).
 
 A trie over token ids: each node is one position of one or more cached entries, and remembers the
 entry that passed through it most recently. A prompt walks down as far as it matches, so the match
