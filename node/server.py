@@ -74,6 +74,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         self.slice: LoadedSlice | None = None
         self.loading = False
         self._inbox: StepQueue[tuple[pb.Step, int]] = StepQueue()
+        self._computing = False  # the compute loop is inside a step (maybe on the compute thread)
         self._tasks: list[asyncio.Task] = []
         self.metrics = WorkerMetrics(node_id)
         self.metrics_port = 0  # set by worker_main when the endpoint listens
@@ -150,7 +151,10 @@ class WorkerService(pb_grpc.WorkerServicer):
             self._inbox.drop(session_id)
         sessions = self.slice.runner.sessions
         sessions.drop_prefixes(request.drop_prefixes)
-        return pb.EndSessionReply(ended=sessions.end(list(request.session_ids), keep=keep))
+        ended = sessions.end(list(request.session_ids), keep=keep)
+        if keep and not self._computing:
+            sessions.settle()  # nothing computes now: keep them at once (else before the next step)
+        return pb.EndSessionReply(ended=ended)
 
     async def LoadSlice(self, spec: pb.SliceSpec, context):
         if self.loading:
@@ -331,11 +335,15 @@ class WorkerService(pb_grpc.WorkerServicer):
                     self.metrics.error("no_slice")
                     self._report(step, "worker has no slice loaded", stage_lost=True)
                 continue
-            current.runner.sessions.settle()  # batches that lost a member, between steps
-            if len(items) == 1:
-                await self._compute_one(current, *items[0])
-            else:
-                await self._compute_group(current, items)
+            self._computing = True
+            try:
+                current.runner.sessions.settle()  # batches that lost a member, kept prefixes: between steps
+                if len(items) == 1:
+                    await self._compute_one(current, *items[0])
+                else:
+                    await self._compute_group(current, items)
+            finally:
+                self._computing = False
 
     async def _compute_one(self, current: LoadedSlice, step: pb.Step, recv_ns: int) -> None:
         timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns)

@@ -206,3 +206,26 @@ def test_a_kept_prefix_starts_another_session_on_every_stage_until_dropped(clust
         harness.run(_session(cluster, "keep-d", second, kept, 1, "p1"))
     assert type(failure.value).__name__ == "StageFailure"  # the stage's loss: a replay starts afresh
     harness.run(cluster.client.end_session("keep-d"))
+
+
+def test_a_small_prefix_budget_evicts_and_keeps_serving(cluster_of, prompt_ids, reference):
+    """Prefix caching under a budget of about two prompts: entries are evicted as requests finish,
+    the stages drop what the index evicted (their count follows it), and every answer stays exact."""
+    from cluster.pipeline.prefix_cache import PrefixCache
+
+    harness = cluster_of(3)
+    cluster = harness.cluster
+    own = cluster.engine.prefix_cache
+    longest = max(len(ids) for ids in prompt_ids.values()) + NEW_TOKENS
+    small = PrefixCache(2 * longest * 8, 8, exact_only=own.index.exact_only)
+    cluster.engine.prefix_cache = small
+    try:
+        for name in ("grounded", "free", "grounded", "free", "grounded"):
+            assert harness.run(_greedy(cluster, prompt_ids[name], speculate=True)) == reference[name], name
+            assert small.nbytes <= small.index.budget_bytes
+        assert small.figures.hits >= 2
+        harness.run(cluster.client.end_session("flush", drop_prefixes=small._take_drops()))
+        assert [i.prefixes for i in harness.run(cluster.client.infos())] == [len(small)] * 3
+    finally:
+        cluster.engine.prefix_cache = own
+        harness.run(cluster.client.end_session("flush", drop_prefixes=small.index.clear()))
