@@ -229,3 +229,21 @@ def test_a_small_prefix_budget_evicts_and_keeps_serving(cluster_of, prompt_ids, 
     finally:
         cluster.engine.prefix_cache = own
         harness.run(cluster.client.end_session("flush", drop_prefixes=small.index.clear()))
+
+
+def test_a_request_right_after_another_starts_from_what_it_left(cluster_of, prompt_ids):
+    """The engine closes a session (and its kept prefix reaches every stage) before its token stream
+    ends, also when it ends at eos: a request sent at once finds the prefix, with no replay."""
+    harness = cluster_of(3)
+    engine = harness.cluster.engine
+    replays, previous = [], engine.on_replay
+    engine.on_replay = lambda: replays.append(1)
+    try:
+        ids = prompt_ids["grounded"]
+        first = harness.run(_collect(harness.cluster, ids, GenerationParams(max_tokens=200)))
+        assert first[-1] in engine.tokenizer.eos_token_ids  # it ended at eos, not at max_tokens
+        hits = engine.prefix_cache.figures.hits
+        again = harness.run(_collect(harness.cluster, ids, GenerationParams(max_tokens=200)))
+        assert again == first and engine.prefix_cache.figures.hits == hits + 1 and replays == []
+    finally:
+        engine.on_replay = previous

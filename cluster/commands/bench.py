@@ -6,6 +6,8 @@ inter-token latency), optionally also with every process pinned to its own core;
 JSON and a PNG chart.
 With --speculative: one stream, speculation on against off in the same cluster, by prompt class
 (cluster/bench/speculative.py).
+With --chat-turns N: one chat behind a long system prompt, time to first token of each turn with the
+prefix cache on and off (cluster/bench/chat_turns.py).
 With --float32: both sides serve a float32 copy of the model (made once, cluster/bench/float32_model.py),
 so every matrix product goes through the BLAS. Both sides use the same BLAS (bench_blas.py), one
 OpenBLAS thread per process, and the report names it.
@@ -24,6 +26,7 @@ from pathlib import Path
 from cluster.bench.bench_blas import cluster_blas, one_thread_each
 from cluster.bench.chart import write_chart
 from cluster.bench.float32_model import float32_copy, model_dtype
+from cluster.bench.chat_turns import format_chat_turns, measure_chat_turns
 from cluster.bench.speculative import format_speculative, measure_speculative
 from cluster.bench.load import format_load_table, load_report, measure_baseline_load, measure_cluster_load, pin_cluster
 from cluster.bench.versus_mlx_lm import format_table, measure_baseline, measure_cluster, report
@@ -64,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draft-model", action="store_true",
                    help="with --speculative: also measure the draft-model drafter (the inventory's model.draft; with "
                         "--float32 and none named, the served model itself at its own precision)")
+    p.add_argument("--chat-turns", type=int, default=None, metavar="N",
+                   help="one chat of N turns behind a long system prompt, prefix cache on against off")
+    p.add_argument("--system-tokens", type=int, default=1500, help="with --chat-turns: system prompt length")
     p.add_argument("--repeats", type=int, default=3, help="with --speculative: runs of each prompt each way (median)")
     p.add_argument("--out", type=Path, default=Path("bench-results"),
                    help="with --concurrency: directory for bench.json and bench.png (default ./bench-results)")
@@ -141,6 +147,20 @@ async def _bench_speculative(args: argparse.Namespace) -> dict:
     return {"runs": results, "dtype": dtype, "blas": blas}
 
 
+async def _bench_chat_turns(args: argparse.Namespace) -> dict:
+    inventory = await asyncio.to_thread(_inventory, args)
+    print("bringing the cluster up...", file=sys.stderr)
+    cluster = await bring_up(inventory, show_progress=False)
+    dtype, blas = _sides(cluster)
+    try:
+        print(f"a {args.chat_turns}-turn chat through {len(cluster.plan)} stages, prefix cache on, then off...",
+              file=sys.stderr)
+        result = await measure_chat_turns(cluster, args.chat_turns, args.system_tokens, args.gen_tokens)
+    finally:
+        await cluster.close()
+    return result | {"dtype": dtype, "blas": blas}
+
+
 async def _bench_draft_model(args: argparse.Namespace, inventory: Inventory, cluster: RunningCluster):
     from cluster.pipeline.draft_model import DraftModel
 
@@ -193,6 +213,16 @@ def run(args: argparse.Namespace) -> int:
     load = args.concurrency is not None
     if args.pinned and not load:
         raise SystemExit("error: --pinned goes with --concurrency")
+    if args.chat_turns is not None:
+        if load or args.speculative:
+            raise SystemExit("error: --chat-turns measures one chat; leave out --concurrency and --speculative")
+        if not 1 <= args.chat_turns <= 50 or args.system_tokens < 1:
+            raise SystemExit("error: --chat-turns must lie in 1-50 and --system-tokens be positive")
+        args.gen_tokens = args.gen_tokens or 24
+        one_thread_each()
+        result = asyncio.run(_bench_chat_turns(args))
+        print(json.dumps(result, indent=2) if args.json else format_chat_turns(result))
+        return 0
     if args.speculative:
         if load:
             raise SystemExit("error: --speculative measures one stream; leave out --concurrency")

@@ -6,6 +6,7 @@ as batches (cluster.pipeline.decode_lanes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -133,13 +134,16 @@ class Engine:
                     if not self.replay:
                         raise StageFailure(self.client.watch.describe_down())
                     await self.client.wait_ready(self.replay_timeout_s)
-                async for token in self._session_tokens(prompt_ids, generated, params):
-                    generated.append(token.token_id)
-                    if on_token is not None:
-                        on_token()
-                    yield token
-                    if token.token_id in self.tokenizer.eos_token_ids and not params.ignore_eos:
-                        return
+                # Closed before this returns: the session's end (and what it leaves as a prefix)
+                # reaches every stage before the caller can send its next request.
+                async with contextlib.aclosing(self._session_tokens(prompt_ids, generated, params)) as stream:
+                    async for token in stream:
+                        generated.append(token.token_id)
+                        if on_token is not None:
+                            on_token()
+                        yield token
+                        if token.token_id in self.tokenizer.eos_token_ids and not params.ignore_eos:
+                            return
                 return
             except StageFailure as exc:
                 if self.prefix_cache is not None:
