@@ -224,7 +224,7 @@ def test_a_small_prefix_budget_evicts_and_keeps_serving(cluster_of, prompt_ids, 
             assert harness.run(_greedy(cluster, prompt_ids[name], speculate=True)) == reference[name], name
             assert small.nbytes <= small.index.budget_bytes
         assert small.figures.hits >= 2
-        harness.run(cluster.client.end_session("flush", drop_prefixes=small._take_drops()))
+        harness.run(cluster.client.end_session("flush", drop_prefixes=small.take_drops()))
         assert [i.prefixes for i in harness.run(cluster.client.infos())] == [len(small)] * 3
     finally:
         cluster.engine.prefix_cache = own

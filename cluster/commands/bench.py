@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -103,16 +104,23 @@ def _sides(cluster: RunningCluster) -> tuple[str, dict[str, str]]:
     return model_dtype(cluster.model.path), cluster_blas([s.node for s in cluster.plan], cluster.infos)
 
 
-async def _bench_single(args: argparse.Namespace) -> dict:
+@contextlib.asynccontextmanager
+async def _serving(args: argparse.Namespace):
+    """The inventory (as the flags change it) and its cluster, brought up, closed afterwards."""
     inventory = await asyncio.to_thread(_inventory, args)
     print("bringing the cluster up...", file=sys.stderr)
     cluster = await bring_up(inventory, show_progress=False)
-    dtype, blas = _sides(cluster)
     try:
-        print(f"measuring the cluster ({len(cluster.plan)} stages)...", file=sys.stderr)
-        figures = await measure_cluster(cluster, args.prompt_tokens, args.gen_tokens)
+        yield inventory, cluster
     finally:
         await cluster.close()
+
+
+async def _bench_single(args: argparse.Namespace) -> dict:
+    async with _serving(args) as (inventory, cluster):
+        dtype, blas = _sides(cluster)
+        print(f"measuring the cluster ({len(cluster.plan)} stages)...", file=sys.stderr)
+        figures = await measure_cluster(cluster, args.prompt_tokens, args.gen_tokens)
     print("measuring mlx-lm in one process...", file=sys.stderr)
     baseline = await asyncio.to_thread(
         measure_baseline, cluster.model.path, args.prompt_tokens, args.gen_tokens, inventory.prefill_chunk
@@ -121,47 +129,41 @@ async def _bench_single(args: argparse.Namespace) -> dict:
 
 
 async def _bench_speculative(args: argparse.Namespace) -> dict:
-    inventory = await asyncio.to_thread(_inventory, args)
-    print("bringing the cluster up...", file=sys.stderr)
-    cluster = await bring_up(inventory, show_progress=False)
-    dtype, blas = _sides(cluster)
-    try:
+    async with _serving(args) as (inventory, cluster):
+        dtype, blas = _sides(cluster)
         if not cluster.engine.speculation.on:
             raise SystemExit(f"error: this cluster does not speculate: "
                              f"{cluster.engine.speculation.problem or 'pipeline.speculation is off'}")
         print(f"measuring {len(cluster.plan)} stages, speculation off and on...", file=sys.stderr)
         results = [await measure_speculative(cluster, args.gen_tokens, args.repeats)]
         if args.draft_model:
-            draft = await _bench_draft_model(args, inventory, cluster)
-            lookup, cluster.engine.speculation = cluster.engine.speculation, plan_speculation(
-                "draft_model", inventory.max_draft_tokens, cluster.infos, draft)
-            try:
-                print(f"measuring the draft model {draft.path}...", file=sys.stderr)
-                results.append(await measure_speculative(cluster, args.gen_tokens, args.repeats)
-                               | {"draft_model": str(draft.path)})
-            finally:
-                cluster.engine.speculation = lookup
-                draft.close()
-    finally:
-        await cluster.close()
+            results.append(await _measure_draft_model(args, inventory, cluster))
     return {"runs": results, "dtype": dtype, "blas": blas}
 
 
-async def _bench_chat_turns(args: argparse.Namespace) -> dict:
-    inventory = await asyncio.to_thread(_inventory, args)
-    print("bringing the cluster up...", file=sys.stderr)
-    cluster = await bring_up(inventory, show_progress=False)
-    dtype, blas = _sides(cluster)
+async def _measure_draft_model(args: argparse.Namespace, inventory: Inventory, cluster: RunningCluster) -> dict:
+    """The same measurement with the draft-model drafter in place of the cluster's own."""
+    draft = await _bench_draft_model(args, cluster)
+    own, cluster.engine.speculation = cluster.engine.speculation, plan_speculation(
+        "draft_model", inventory.max_draft_tokens, cluster.infos, draft)
     try:
+        print(f"measuring the draft model {draft.path}...", file=sys.stderr)
+        return await measure_speculative(cluster, args.gen_tokens, args.repeats) | {"draft_model": str(draft.path)}
+    finally:
+        cluster.engine.speculation = own
+        draft.close()
+
+
+async def _bench_chat_turns(args: argparse.Namespace) -> dict:
+    async with _serving(args) as (_, cluster):
+        dtype, blas = _sides(cluster)
         print(f"a {args.chat_turns}-turn chat through {len(cluster.plan)} stages, prefix cache on, then off...",
               file=sys.stderr)
         result = await measure_chat_turns(cluster, args.chat_turns, args.system_tokens, args.gen_tokens)
-    finally:
-        await cluster.close()
     return result | {"dtype": dtype, "blas": blas}
 
 
-async def _bench_draft_model(args: argparse.Namespace, inventory: Inventory, cluster: RunningCluster):
+async def _bench_draft_model(args: argparse.Namespace, cluster: RunningCluster):
     from cluster.pipeline.draft_model import DraftModel
 
     original = (await asyncio.to_thread(load_inventory, args.inventory)).model
@@ -179,13 +181,10 @@ async def _bench_draft_model(args: argparse.Namespace, inventory: Inventory, clu
 
 
 async def _bench_load(args: argparse.Namespace) -> dict:
-    inventory = await asyncio.to_thread(_inventory, args)
     levels = args.concurrency
-    print("bringing the cluster up...", file=sys.stderr)
-    cluster = await bring_up(inventory, show_progress=False)
-    dtype, blas = _sides(cluster)
     pinned = None
-    try:
+    async with _serving(args) as (inventory, cluster):
+        dtype, blas = _sides(cluster)
         print(f"measuring the cluster ({len(cluster.plan)} stages) at concurrency {levels}...", file=sys.stderr)
         figures = await measure_cluster_load(cluster, levels, args.prompt_tokens, args.gen_tokens)
         if args.pinned:
@@ -193,8 +192,6 @@ async def _bench_load(args: argparse.Namespace) -> dict:
             print(f"measuring the pinned cluster ({placement})...", file=sys.stderr)
             pinned = {"placement": placement,
                       "cluster": await measure_cluster_load(cluster, levels, args.prompt_tokens, args.gen_tokens)}
-    finally:
-        await cluster.close()
     model_dir, chunk = cluster.model.path, inventory.prefill_chunk
     print("measuring mlx-lm in one process...", file=sys.stderr)
     single, single_blas = await asyncio.to_thread(

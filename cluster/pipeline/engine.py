@@ -261,7 +261,7 @@ class Engine:
                 if settled and (held == position or not exact):
                     keep, drops = self.prefix_cache.keep(session_id, [*prompt_ids, *generated][:position])
                 else:
-                    drops = self.prefix_cache.keep(session_id, [])[1]
+                    drops = self.prefix_cache.take_drops()
             # Shielded: a request cancelled (its client left) still ends its session everywhere.
             await asyncio.shield(self.client.end_session(session_id, keep=keep, drop_prefixes=drops))
 

@@ -46,17 +46,18 @@ class PrefixCache:
         """What the stages should keep of a finished session whose caches hold `history`, and the
         prefixes they should drop (evicted to make room, or made redundant by this one)."""
         if len(history) < 2:
-            return None, self._take_drops()
+            return None, self.take_drops()
         prefix_id = uuid.uuid4().hex
         evicted = self.index.add(prefix_id, history)
         if prefix_id in evicted:  # too big for the whole budget: not kept
             evicted.remove(prefix_id)
             self._to_drop += evicted
-            return None, self._take_drops()
+            return None, self.take_drops()
         self._to_drop += evicted
-        return pb.KeepPrefix(session_id=session_id, prefix_id=prefix_id, tokens=len(history)), self._take_drops()
+        return pb.KeepPrefix(session_id=session_id, prefix_id=prefix_id, tokens=len(history)), self.take_drops()
 
-    def _take_drops(self) -> list[str]:
+    def take_drops(self) -> list[str]:
+        """Prefixes evicted or forgotten since last asked: the stages are to drop them."""
         drops, self._to_drop = self._to_drop, []
         return drops
 
