@@ -289,6 +289,12 @@ def _prefix_cache_panel() -> timeseries.Panel:
     )
 
 
+def _prefix_bytes_panel() -> timeseries.Panel:
+    held = [(f"sum by (node) (boltpipe_worker_prefix_bytes{{{WORKER}}})", "{{node}}")]
+    return _timeseries("Kept prefix bytes per node", "bytes", held,
+                       "KV cache a worker keeps as prefixes for later requests (part of its KV bytes).")
+
+
 def _speculation_panel() -> timeseries.Panel:
     kept = _sum_rate("boltpipe_coordinator_accepted_tokens_total", CLUSTER, "drafter")
     drafted = _sum_rate("boltpipe_coordinator_drafted_tokens_total", CLUSTER, "drafter")
@@ -332,6 +338,7 @@ def _memory_panels() -> list[timeseries.Panel]:
             memory,
             "Resident memory of each worker process against the memory it may use.",
         ).override_by_regexp(".* limit$", [dashed]),
+        _prefix_bytes_panel(),
     ]
 
 

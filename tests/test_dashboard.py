@@ -32,6 +32,8 @@ WORKER_SERIES = {
     "boltpipe_worker_errors_total",
     "boltpipe_worker_active_sessions",
     "boltpipe_worker_kv_cache_bytes",
+    "boltpipe_worker_prefix_bytes",
+    "boltpipe_worker_prefixes",
     "boltpipe_worker_resident_memory_bytes",
     "boltpipe_worker_memory_limit_bytes",
     "boltpipe_worker_usable_memory_bytes",

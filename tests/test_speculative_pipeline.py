@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 from typing import Callable, Iterator
 
+import httpx
 import pytest
 
 from cluster.bench.float32_model import float32_copy
@@ -200,6 +201,8 @@ def test_a_kept_prefix_starts_another_session_on_every_stage_until_dropped(clust
         harness.run(cluster.client.end_session(name))
     infos = harness.run(cluster.client.infos())
     assert [i.prefixes for i in infos] == [1, 1, 1] and all(i.prefix_bytes > 0 for i in infos)
+    scraped = httpx.get(f"http://127.0.0.1:{infos[0].metrics_port}/metrics", timeout=5).text
+    assert any(line.startswith("boltpipe_worker_prefixes{") and line.endswith(" 1.0") for line in scraped.splitlines())
     harness.run(cluster.client.end_session("keep-c", drop_prefixes=["p1"]))
     assert [i.prefixes for i in harness.run(cluster.client.infos())] == [0, 0, 0]
     with pytest.raises(Exception, match="not kept here") as failure:
