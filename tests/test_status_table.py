@@ -152,3 +152,12 @@ def test_the_coordinator_line_shows_the_prefix_cache() -> None:
         (1, 1, 40, 1)
     text = status.render([], asdict(figures), "api: up", 2.0)
     assert "prefix cache: 1 hits, 1 misses, 40 prompt positions reused, 1 prefixes kept" in text
+
+
+def test_rows_carry_each_workers_kept_prefix_bytes(monkeypatch) -> None:
+    info = _info()
+    info.prefix_bytes = 25_800_000
+    rows = [_row(monkeypatch, info, "w1"), _row(monkeypatch, _info(), "w2")]
+    assert [r["prefix_bytes"] for r in rows] == [25_800_000, 0]
+    assert "kept prefixes: w1 25.8 MB, w2 0 B" in status.render(rows, None, "api: up", 2.0)
+    assert "kept prefixes" not in status.render(rows[1:], None, "api: up", 2.0)

@@ -63,7 +63,7 @@ async def node_row(inventory: Inventory, spec: NodeSpec) -> dict:
     info = await node_info(inventory, spec)
     row = {"node": spec.name, "address": spec.address if spec.host else "bonjour", "reachable": True, "state": "",
            "layers": "", "backend": "", "memory": "", "sessions": None, "step_ms": None, "recent_batch": None,
-           "batch": None, "metrics": metrics_url(spec, info)}
+           "batch": None, "prefix_bytes": None, "metrics": metrics_url(spec, info)}
     if isinstance(info, pb.NodeInfo):
         row["state"] = "serving" if info.loaded else "idle (no slice)"
         if info.loaded:
@@ -75,6 +75,7 @@ async def node_row(inventory: Inventory, spec: NodeSpec) -> dict:
         # Sessions per recent decode-sized forward pass, as the worker itself remembers them.
         row["recent_batch"] = round(info.recent_batch_size, 2) if info.recent_batch_size else None
         row["batch"] = row["recent_batch"]
+        row["prefix_bytes"] = info.prefix_bytes  # KV kept as prefixes for later requests
         return row
     if spec.deployed:
         row["reachable"], row["state"] = await _service_state(spec)
@@ -138,6 +139,8 @@ def render(rows: list[dict], coordinator: dict | None, api_line: str, interval_s
                       _cell(live.get("hop_p50_ms"), " ms"), _cell(live.get("queue_p95_ms"), " ms"),
                       _cell(live.get("tokens_per_s"))])
     lines = [format_rows(table), api_line]
+    if any(r.get("prefix_bytes") for r in rows):
+        lines.append("kept prefixes: " + ", ".join(f"{r['node']} {format_bytes(r['prefix_bytes'] or 0)}" for r in rows))
     if coordinator:
         lines.append(f"requests: {coordinator['running']} running, {coordinator['waiting']} waiting; "
                      f"generated {_cell(coordinator['generated_per_s'])} tokens/s; TTFT p50 "
