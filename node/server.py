@@ -43,6 +43,11 @@ INLINE_STEP_TOKENS = 8
 MAX_GROUP_STEPS = 256   # steps in one StepGroup (a coordinator sends at most its max_batch)
 
 
+def _chosen(out) -> int:
+    """Tokens a computed step chose: none, one, or a speculative step's kept drafts and the next."""
+    return 0 if out.token is None else 1 + len(out.more or ())
+
+
 class LoadedSlice:
     def __init__(self, spec: pb.SliceSpec, runner: StageRunner, link: NextStageLink | None, limits: StepLimits):
         self.spec = spec
@@ -371,7 +376,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             self.metrics.error("internal")
             self._fail_session(current, step, f"internal error: {exc}")
             return
-        self.metrics.computed(step, timing, sampled=out.token is not None)
+        self.metrics.computed(step, timing, sampled=_chosen(out))
         self._note_pass(step, timing, rows=1)
         forward = self._deliver(current, step, out, timing)
         if forward is not None:
@@ -402,7 +407,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         for step, recv_ns, out in computed:
             timing = pb.StageTiming(stage=current.spec.stage_index, recv_ns=recv_ns,
                                     compute_start_ns=start_ns, compute_end_ns=end_ns)
-            self.metrics.computed(step, timing, sampled=out.token is not None)
+            self.metrics.computed(step, timing, sampled=_chosen(out))
             forward = self._deliver(current, step, out, timing)
             if forward is not None:
                 forwards.append(forward)

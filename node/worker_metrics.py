@@ -83,7 +83,8 @@ class WorkerMetrics:
         if hop_ns is not None:
             self.hop.labels(self.node, self.stage, step_phase(step)).observe(hop_ns / 1e9)
 
-    def computed(self, step: pb.Step, timing: pb.StageTiming, *, sampled: bool) -> None:
+    def computed(self, step: pb.Step, timing: pb.StageTiming, *, sampled: int) -> None:
+        """`sampled`: tokens the step chose (0; 1; a speculative step's kept drafts and the one after)."""
         """One session's step is computed (once per row of a batched pass): its queue time, the
         step and its tokens. Its compute time is the pass's, observed once by forward_pass."""
         phase = step_phase(step)
@@ -92,7 +93,7 @@ class WorkerMetrics:
         self.steps.labels(*labels).inc()
         self.tokens.labels(*labels).inc(step_tokens(step))
         if sampled:
-            self.sampled.labels(self.node, self.stage).inc()
+            self.sampled.labels(self.node, self.stage).inc(int(sampled))
 
     def forward_pass(self, batch_size: int, phase: str, compute_s: float) -> None:
         """One forward pass computed `batch_size` sessions' steps together in `compute_s` seconds."""

@@ -123,6 +123,19 @@ def _client_load(api: ApiCluster, index: int, run: LoadRun, lock: threading.Lock
                 run.errors.append(repr(exc))
 
 
+def _lone_speculative_request(api: ApiCluster, run: LoadRun) -> None:
+    """A stream alone that copies its prompt: it speculates, so the drafting series have data."""
+    client = openai.OpenAI(base_url=api.base_url, api_key="unused", timeout=300)
+    passage = "The quick brown fox jumps over the lazy dog near the old stone bridge by the river."
+    reply = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": f"Repeat exactly: {passage}"}],
+        max_tokens=24, temperature=0)
+    run.prompt_tokens += reply.usage.prompt_tokens
+    run.completion_tokens += reply.usage.completion_tokens
+    run.requests += 1
+    run.started += 1
+
+
 @pytest.fixture(scope="module")
 def load(api: ApiCluster, prometheus: PrometheusServer) -> LoadRun:
     """Four clients at once, with `cluster status` read while they stream."""
@@ -130,6 +143,7 @@ def load(api: ApiCluster, prometheus: PrometheusServer) -> LoadRun:
     prometheus.wait_scraped_since(time.time(), expected_targets=len(NODES) + 1)
     run = LoadRun(before=scrape_all(api), after={}, first_tokens=[threading.Event() for _ in range(CLIENTS)])
     lock = threading.Lock()
+    _lone_speculative_request(api, run)
     clients = [threading.Thread(target=_client_load, args=(api, i, run, lock)) for i in range(CLIENTS)]
     for thread in clients:
         thread.start()
@@ -196,8 +210,12 @@ def test_token_counters_equal_the_tokens_served(prometheus: PrometheusServer, lo
     assert _increase(load, "coordinator", "boltpipe:prompt_tokens_total") == load.prompt_tokens
     assert _increase(load, "coordinator", "boltpipe:request_success_total", finished_reason="length") + \
         _increase(load, "coordinator", "boltpipe:request_success_total", finished_reason="stop") == load.requests
-    # Every stage computes each prompt token and each generated token but the last (never fed back).
-    positions = load.prompt_tokens + load.completion_tokens - load.requests
+    # Every stage computes each prompt token and each generated token but the last (never fed back),
+    # less the prompt positions a kept prefix already held, plus the drafted positions it rejected.
+    reused = _increase(load, "coordinator", "boltpipe_coordinator_prefix_tokens_reused_total")
+    rejected = sum(_increase(load, "coordinator", f"boltpipe_coordinator_{kind}_tokens_total", drafter="prompt_lookup")
+                   * sign for kind, sign in (("drafted", 1), ("accepted", -1)))
+    positions = load.prompt_tokens + load.completion_tokens - load.requests - reused + rejected
     for node in NODES:
         assert _increase(load, node, "boltpipe_worker_tokens_total") == positions, node
     assert _increase(load, "w3", "boltpipe_worker_sampled_tokens_total") == load.completion_tokens
@@ -252,7 +270,8 @@ def test_stage_and_hop_times_add_up_to_the_inter_token_latency(api: ApiCluster, 
     stream = client.chat.completions.create(
         model="smollm2-135m-instruct",
         messages=[{"role": "user", "content": "Write a long story about a dragon and a knight."}],
-        max_tokens=32, temperature=0, stream=True, logprobs=True, stream_options={"include_usage": True})
+        max_tokens=32, temperature=0, stream=True, logprobs=True, stream_options={"include_usage": True},
+        extra_body={"speculation": False})  # one token per trip: each arrival is one step's time
     usage = None
     for chunk in stream:
         usage = chunk.usage or usage

@@ -310,10 +310,10 @@ def test_a_six_turn_chat_reuses_its_history_and_gives_mlx_lm_tokens(api: ApiClus
     for question in ("Hi!", "What is the capital of France?", "And of Italy?", "Name a river there.",
                      "How long is it?", "Thank you."):
         messages.append({"role": "user", "content": question})
-        reply = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=16,
+        reply = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=10,
                                                temperature=0)
         answer = reply.choices[0].message.content
-        assert answer == reference_text(smollm2_dir, tokenizer.encode_chat(messages), 16), question
+        assert answer == reference_text(smollm2_dir, tokenizer.encode_chat(messages), 10), question
         messages.append({"role": "assistant", "content": answer})
     after = httpx.get(f"{api.base_url.removesuffix('/v1')}/metrics").text
 
@@ -340,16 +340,16 @@ def test_two_concurrent_conversations_sharing_a_system_prompt_do_not_disturb_eac
         for question in questions:
             messages.append({"role": "user", "content": question})
             reply = await client.chat.completions.create(model="smollm2-135m-instruct", messages=messages,
-                                                         max_tokens=12, temperature=0)
+                                                         max_tokens=8, temperature=0)
             answer = reply.choices[0].message.content
             turns.append((list(messages), answer))
             messages.append({"role": "assistant", "content": answer})
         return turns
 
     async def both():
-        return await asyncio.gather(conversation(["What is rain?", "And snow?", "And hail?"]),
-                                    conversation(["Name a fruit.", "Name a vegetable.", "Name a nut."]))
+        return await asyncio.gather(conversation(["What is rain?", "And snow?"]),
+                                    conversation(["Name a fruit.", "Name a vegetable."]))
 
     for turns in asyncio.run(both()):
         for messages, answer in turns:
-            assert answer == reference_text(smollm2_dir, tokenizer.encode_chat(messages), 12), messages[-1]
+            assert answer == reference_text(smollm2_dir, tokenizer.encode_chat(messages), 8), messages[-1]

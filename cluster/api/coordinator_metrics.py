@@ -101,6 +101,9 @@ class CoordinatorMetrics:
         self.accepted = Counter("boltpipe_coordinator_accepted_tokens", "drafted tokens the last stage kept",
                                 d, registry=r)
         self.replays.labels(model_name)
+        for drafter in ("prompt_lookup", "draft_model"):  # series from the start, so rates have a base
+            for family in (self.spec_trips, self.drafted, self.accepted):
+                family.labels(model_name, drafter)
         for reason in FINISH_REASONS:
             self.success.labels(model_name, reason)
         for reason in FAILURE_REASONS:
