@@ -3,7 +3,7 @@
 greedy text, or with an explicit error; none may hang; afterwards no session is left on any worker
 and no worker's memory has grown. Prints the tally.
 
-Two sizes: the default (CI) runs 60 requests with a kill every 10 requests; `BOLTPIPE_SOAK=full`
+Two sizes: the default (CI) runs 40 requests with a kill every 8 requests; `BOLTPIPE_SOAK=full`
 runs the release profile, 200 requests with 12 kills. Kills are paced by requests started, not by
 the clock, so a slow or loaded machine sees the same number of kills."""
 
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.cluster  # starts worker processes: not in the quick lo
 MODEL = "smollm2-135m-instruct"
 CLIENTS = 4
 FULL = os.environ.get("BOLTPIPE_SOAK", "").lower() == "full"
-REQUESTS = 200 if FULL else 60
-KILL_EVERY = 16 if FULL else 10    # requests started between two kills
+REQUESTS = 200 if FULL else 40
+KILL_EVERY = 16 if FULL else 8     # requests started between two kills
 MAX_KILLS = 12 if FULL else 5
 MAX_TOKENS = 6
 HANG_S = 150.0        # a request still open after this counts as hung
