@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from cluster.bench.float32_model import float32_copy
+from cluster.pipeline.draft_length import TripCosts
 from cluster.pipeline.draft_model import DraftModel
 from cluster.pipeline.engine import GenerationParams
 from cluster.pipeline.speculation import plan_speculation
@@ -80,6 +82,23 @@ def _counting(cluster) -> list[tuple[int, int]]:
     return trips
 
 
+@contextmanager
+def memory_bound_trips(plan) -> Iterator[None]:
+    """Trip costs fixed to those of a memory-bound machine (a trip of 5 inputs costs about one of 1),
+    so the controller drafts whenever drafts are kept. Measured here, a step of several inputs can
+    cost several plain ones (a busy CI machine), and the controller then rightly drafts little: its
+    choices are tested in tests/test_draft_length.py; these tests are about drafts surviving the ring."""
+    measured = plan.costs
+    fixed = TripCosts(seconds={1: 1.0, 5: 1.2})
+    fixed.observe = lambda inputs, seconds: None
+    fixed.observe_drafting = lambda seconds_each: None
+    plan.costs = fixed
+    try:
+        yield
+    finally:
+        plan.costs = measured
+
+
 @pytest.mark.parametrize("stages", [1, 3])
 def test_greedy_tokens_equal_mlx_lm_with_speculation_on_and_off(stages, cluster_of, prompt_ids, reference):
     harness = cluster_of(stages)
@@ -87,11 +106,14 @@ def test_greedy_tokens_equal_mlx_lm_with_speculation_on_and_off(stages, cluster_
     assert cluster.engine.speculation.on, cluster.engine.speculation.problem
     for name, ids in prompt_ids.items():
         trips = _counting(cluster)
-        assert harness.run(_greedy(cluster, ids, speculate=True)) == reference[name], name
+        with memory_bound_trips(cluster.engine.speculation):
+            assert harness.run(_greedy(cluster, ids, speculate=True)) == reference[name], name
         kept = sum(k for _, k in trips)
         print(f"\n{stages} stages, {name}: (drafted, kept) per trip: {trips}")
         if name == "grounded":  # the passage is copied: most drafts are kept, trips are saved
             assert kept >= NEW_TOKENS // 2, trips
+    # With the costs this machine measures, the controller may draft less, never differently.
+    assert harness.run(_greedy(cluster, prompt_ids["grounded"], speculate=True)) == reference["grounded"]
     if stages > 1:
         trips = _counting(cluster)
         assert harness.run(_greedy(cluster, prompt_ids["grounded"], speculate=False)) == reference["grounded"]
@@ -120,14 +142,14 @@ def test_a_draft_model_gives_mlx_lm_greedy_tokens(cluster_of, prompt_ids, refere
     lookup = cluster.engine.speculation
     plan = plan_speculation("draft_model", 4, harness.run(cluster.client.infos()), draft)
     # Here the 4-bit draft costs more a token than the float32 pipeline, and the controller would stop
-    # drafting once it knew (tests/test_draft_length.py): the draft's own cost is left out, so that the
-    # draft model's guesses and its rolled-back cache are exercised on every trip.
-    plan.costs.observe_drafting = lambda seconds_each: None
+    # drafting once it knew (tests/test_draft_length.py): costs are those of a memory-bound machine,
+    # so that the draft model's guesses and its rolled-back cache are exercised on every trip.
     cluster.engine.speculation = plan
     try:
         for name, ids in prompt_ids.items():
             trips = _counting(cluster)
-            assert harness.run(_greedy(cluster, ids, speculate=True)) == reference[name], name
+            with memory_bound_trips(plan):
+                assert harness.run(_greedy(cluster, ids, speculate=True)) == reference[name], name
             print(f"\ndraft model, {name}: (drafted, kept) per trip: {trips}")
             assert sum(k for _, k in trips) >= NEW_TOKENS // 3, trips
     finally:
