@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from deploy.stage_tensors import INDEX_FILE, SMALL_FILES, WEIGHTS_FILE, files_for_stage, has_head, stage_tensor_names
+from deploy.stage_tensors import INDEX_FILE, SMALL_FILES, TOKENIZER_FILES, WEIGHTS_FILE, files_for_stage, has_head, stage_tensor_names
 from node.model_config import SHARD_MANIFEST, read_model_info
 from node.tensor_names import EMBEDDING, HEAD, LAYER, NORM, extra_layer_count, tensor_role
 from node.model_sizes import ModelSizeError, SafetensorsHeader, TensorEntry, read_safetensors_header
@@ -181,7 +181,8 @@ def cut_shard(model_dir: str | Path, layer_start: int, layer_end: int, out_dir: 
     try:
         os.chmod(tmp, 0o755)
         files = {WEIGHTS_FILE: _write_weights(tmp / WEIGHTS_FILE, plan, progress or (lambda *_: None))}
-        for name in SMALL_FILES:
+        last = layer_end == info.num_layers
+        for name in SMALL_FILES + (TOKENIZER_FILES if last else ()):
             if (model_dir / name).is_file():
                 shutil.copyfile(model_dir / name, tmp / name)
                 files[name] = FileDigest(sha256=file_sha256(tmp / name), size=(tmp / name).stat().st_size)

@@ -14,8 +14,10 @@ from node.tensor_names import EMBEDDING, HEAD, LAYER, NORM, SKIPPED, tensor_role
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-# Files besides the weights that a worker reads; not the tokenizer: workers never tokenize.
+# Files besides the weights that a worker reads.
 SMALL_FILES = ("config.json", "generation_config.json")
+# The last stage also reads the tokenizer: it constrains tokens to grammars (node/grammar.py).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def stage_tensor_names(names: Iterable[str], layer_start: int, layer_end: int, num_layers: int,

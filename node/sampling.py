@@ -1,4 +1,4 @@
-"""Token choice on the last stage: greedy, or temperature with top-k / top-p, seeded.
+"""Token choice on the last stage: greedy, or temperature with top-k / top-p / min-p, seeded.
 
 Greedy is mlx-lm's rule (argmax of the log-probabilities), so a pipeline's greedy
 output equals one mlx-lm process's. Sampling draws from a per-session key chain, so
@@ -7,6 +7,7 @@ a seed gives the same tokens however the layers are split.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ def new_key(params: pb.SamplingParams) -> mx.array:
 
 
 def _filtered_logits(logprobs: mx.array, params: pb.SamplingParams) -> mx.array:
-    """Log-probabilities with the tokens outside top-k / top-p set to -inf."""
+    """Log-probabilities with the tokens outside top-k / top-p / min-p set to -inf."""
     vocab = logprobs.shape[-1]
     if 0 < params.top_k < vocab:
         kth = mx.sort(logprobs, axis=-1)[..., vocab - params.top_k]
@@ -45,6 +46,10 @@ def _filtered_logits(logprobs: mx.array, params: pb.SamplingParams) -> mx.array:
         keep = mx.zeros_like(keep_sorted)
         keep = mx.put_along_axis(keep, order, keep_sorted, axis=-1)
         logprobs = mx.where(keep, logprobs, -mx.inf)
+    if 0.0 < params.min_p < 1.0:
+        # Keep a token whose probability is at least min_p times the top token's (mlx-lm's min_p).
+        top = mx.max(logprobs, axis=-1, keepdims=True)
+        logprobs = mx.where(logprobs >= top + math.log(params.min_p), logprobs, -mx.inf)
     return logprobs
 
 

@@ -26,6 +26,7 @@ from node.sessions import SessionStore
 from node.backends import load_backend_stage
 from node.blas import blas_in_use
 from node.stage_model import LayerRange
+from node.grammar import TokenizerLoader
 from node.stage_runner import PrefixRefused, StageRunner, StepError, StepRefused
 from node.step_validation import (StepLimits, reportable, shard_problem, slice_fits_model, step_limits,
                                   validate_end_session, validate_results_request, validate_slice_spec, validate_step)
@@ -126,6 +127,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             rollback_problem=self.slice.runner.rollback_problem if self.slice else "",
             prefixes=len(sessions.prefixes) if sessions is not None else 0,
             prefix_bytes=sessions.prefix_bytes() if sessions is not None else 0,
+            constraint_problem=self.slice.runner.constraint_problem() if self.slice else "no slice is loaded",
             interfaces=[pb.NetInterface(name=i.name, address=i.address, prefix_len=i.prefix_len, kind=i.kind)
                         for i in listening_interfaces(self.listen_host, local_interfaces())],
         )
@@ -227,6 +229,8 @@ class WorkerService(pb_grpc.WorkerServicer):
         is_last = spec.layer_end == info.num_layers
         if is_last != (not spec.next_address):
             raise ValueError("only the stage holding the model's last layer may have no next stage")
+        # The last stage constrains tokens to grammars: its tokenizer builds while the weights load.
+        grammars = TokenizerLoader(info.path, info.vocab_size) if is_last else None
         stage = load_backend_stage(info.path, LayerRange(spec.layer_start, spec.layer_end), spec.backend, progress)
         sessions = SessionStore(
             stage.make_cache,
@@ -235,7 +239,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             idle_timeout_s=self.idle_timeout_s,
         )
         return StageRunner(
-            stage, sessions, hidden_size=info.hidden_size, vocab_size=info.vocab_size, max_step_tokens=MAX_STEP_TOKENS
+            stage, sessions, hidden_size=info.hidden_size, vocab_size=info.vocab_size, max_step_tokens=MAX_STEP_TOKENS,
+            grammars=grammars,
         )
 
     # ---- data plane ----------------------------------------------------
@@ -457,6 +462,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             decode=step.decode,
             draft_ids=step.draft_ids,
             prefix_id=step.prefix_id,
+            context_ids=step.context_ids,
+            constraint=step.constraint if step.HasField("constraint") else None,
         )
         self.metrics.sent_message(forward)
         return forward

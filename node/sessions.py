@@ -7,13 +7,16 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import mlx.core as mx
 
 from node.prefix_snapshots import Snapshot, SnapshotError, start_from, take
 from node.rollback import drop_positions
 from node.session_batches import SessionBatch
+
+if TYPE_CHECKING:
+    from node.grammar import GrammarState
 
 ENDED_MEMORY = 4096  # ended session ids remembered
 
@@ -41,6 +44,7 @@ class Session:
     steps: int = 0
     batch: SessionBatch | None = None
     droppable: int = 0              # positions the last step guessed (speculation), which the next may drop
+    grammar: GrammarState | None = None  # a constrained session's grammar (last stage only)
 
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.cache) if self.cache is not None else 0

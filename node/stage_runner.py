@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 
+from node.grammar import GrammarError, GrammarState, TokenizerLoader
+from node.logits_processing import processed
 from node.rollback import rollback_horizon
 from node.sampling import SampledToken, new_key, sample
 from node.session_batches import evaluate
@@ -43,8 +46,10 @@ class StepOutput:
 
 
 class StageRunner:
-    def __init__(self, stage: StageModel, sessions: SessionStore, *, hidden_size: int, vocab_size: int, max_step_tokens: int):
+    def __init__(self, stage: StageModel, sessions: SessionStore, *, hidden_size: int, vocab_size: int, max_step_tokens: int,
+                 grammars: TokenizerLoader | None = None):
         self.stage = stage
+        self.grammars = grammars  # the last stage's tokenizer for constrained sessions
         self.sessions = sessions
         self.hidden_size = hidden_size
         self.vocab_size = vocab_size
@@ -76,15 +81,50 @@ class StageRunner:
         except ValueError as exc:
             raise StepRefused(str(exc)) from exc
 
+    def constraint_problem(self) -> str:
+        if not self.stage.is_last:
+            return "only the last stage constrains tokens"
+        return self.grammars.problem() if self.grammars is not None else "this stage has no grammar tokenizer"
+
     def _session(self, step: pb.Step):
         try:
-            return self.sessions.for_step(step.session_id, step.position, step.prefix_id)
+            session = self.sessions.for_step(step.session_id, step.position, step.prefix_id)
         except PrefixMissing as exc:
             raise PrefixRefused(str(exc)) from exc
         except SessionLost as exc:
             raise StepError(str(exc)) from exc
         except SessionError as exc:
             raise StepRefused(str(exc)) from exc
+        if step.HasField("constraint") and session.grammar is None and self.stage.is_last:
+            # Before the step computes anything: a grammar that cannot be used refuses the step alone.
+            try:
+                if self.grammars is None:
+                    raise GrammarError("this stage has no grammar tokenizer")
+                session.grammar = GrammarState(self.grammars.get(), step.constraint.grammar,
+                                               list(step.constraint.consumed_ids))
+            except GrammarError as exc:
+                raise StepRefused(f"constraint: {exc}") from exc
+        return session
+
+    @staticmethod
+    def _shaped(logits: mx.array, step: pb.Step, session, drafts: list[int] = ()) -> mx.array:
+        """Logits (rows, vocab) after the request's processors and its grammar's mask."""
+        logits = processed(logits, step.sampling, step.context_ids)
+        if session.grammar is None:
+            return logits
+        try:
+            masks = session.grammar.masks_along(drafts) if drafts else [session.grammar.mask()]
+        except GrammarError as exc:
+            raise StepError(f"constraint: {exc}") from exc
+        return mx.where(mx.array(np.stack(masks)), logits, -mx.inf)
+
+    @staticmethod
+    def _follow(session, tokens: list[int]) -> None:
+        if session.grammar is not None:
+            try:
+                session.grammar.consume(tokens)
+            except GrammarError as exc:
+                raise StepError(f"constraint: {exc}") from exc
 
     def run(self, step: pb.Step) -> StepOutput:
         h = self._input(step)
@@ -114,10 +154,11 @@ class StageRunner:
             out.hidden = to_wire(h)
         elif step.want_token and step.draft_ids:
             drafts = list(step.draft_ids)
-            logits = self.stage.head(h[:, -(len(drafts) + 1):, :])[0]
+            logits = self._shaped(self.stage.head(h[:, -(len(drafts) + 1):, :])[0], step, session, drafts)
             if session.key is None and step.sampling.temperature > 0:
                 session.key = new_key(step.sampling)
             tokens, session.key = verify(logits, drafts, step.sampling, session.key)
+            self._follow(session, [t.token_id for t in tokens])
             out.token, out.more = tokens[0], tokens[1:]
         elif step.want_token:
             out.token = self._sample(self.stage.head(h[:, -1:, :])[:, -1, :], step, session)
@@ -129,11 +170,11 @@ class StageRunner:
         session.droppable = len(step.draft_ids)
         return out
 
-    @staticmethod
-    def _sample(logits: mx.array, step: pb.Step, session) -> SampledToken:
+    def _sample(self, logits: mx.array, step: pb.Step, session) -> SampledToken:
         if session.key is None and step.sampling.temperature > 0:
             session.key = new_key(step.sampling)
-        token, session.key = sample(logits, step.sampling, session.key)
+        token, session.key = sample(self._shaped(logits, step, session), step.sampling, session.key)
+        self._follow(session, [token.token_id])
         return token
 
     @property

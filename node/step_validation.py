@@ -38,6 +38,13 @@ MAX_STAGES = 256
 MAX_SESSIONS_LIMIT = 1 << 16
 WIRE_ITEM_BYTES = {name: np_dtype.itemsize for name, (_, np_dtype) in DTYPES.items()}
 MAX_CARRIED_BYTES = 64 * 1024  # sampling + timings of one step (a coordinator's are ~20 + ~60 per stage)
+MAX_CONTEXT_IDS = 4096         # tokens a step's penalties count (the coordinator sends 20 by default)
+MAX_LOGIT_BIAS = 1024          # entries of sampling.logit_bias
+MAX_BIAS = 100.0               # the OpenAI API's range, either side
+MAX_PENALTY = 100.0            # presence and frequency (the OpenAI API allows 2 either side)
+MAX_REPETITION_PENALTY = 100.0
+MAX_CONSUMED_IDS = 1 << 17     # tokens a constraint follows already (a replay's earlier output)
+MAX_GRAMMAR_BYTES = 256 * 1024  # with the rest, a forwarded step stays within the message envelope
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,8 @@ def validate_step(step: pb.Step, limits: StepLimits) -> str | None:
     carried = step.sampling.ByteSize() + sum(t.ByteSize() for t in timings)
     if carried > MAX_CARRIED_BYTES:
         return f"sampling, timings: expected at most {MAX_CARRIED_BYTES} bytes together, got {carried}"
+    if problem := _check_extras(step, limits):
+        return problem
     if limits.is_first:
         tokens, problem = _token_input(step, limits)
     else:
@@ -112,6 +121,39 @@ def validate_step(step: pb.Step, limits: StepLimits) -> str | None:
         return (f"position: a step of {tokens} tokens at position {position} passes the model's context of "
                 f"{limits.context_length} positions")
     return check_sampling(step.sampling) if step.HasField("sampling") else None
+
+
+def _ids_problem(field: str, ids, limits: StepLimits, most: int) -> str | None:
+    if len(ids) > most:
+        return f"{field}: expected at most {most} ids, got {len(ids)}"
+    if ids:
+        low, high = min(ids), max(ids)
+        if low < 0 or high >= limits.vocab_size:
+            return f"{field}: expected ids in [0, {limits.vocab_size}), got {low if low < 0 else high}"
+    return None
+
+
+def _check_extras(step: pb.Step, limits: StepLimits) -> str | None:
+    """Penalties' context and the grammar, which also travel on to later stages."""
+    if problem := _ids_problem("context_ids", step.context_ids, limits, MAX_CONTEXT_IDS):
+        return problem
+    if step.HasField("constraint"):
+        if not step.want_token:
+            return "constraint: only a step that asks for a token (want_token) carries a grammar"
+        size = len(step.constraint.grammar.encode())
+        if not 0 < size <= MAX_GRAMMAR_BYTES:
+            return f"constraint.grammar: expected 1 to {MAX_GRAMMAR_BYTES} bytes, got {size}"
+        if problem := _ids_problem("constraint.consumed_ids", step.constraint.consumed_ids, limits, MAX_CONSUMED_IDS):
+            return problem
+    bias = step.sampling.logit_bias
+    if len(bias) > MAX_LOGIT_BIAS:
+        return f"sampling.logit_bias: expected at most {MAX_LOGIT_BIAS} entries, got {len(bias)}"
+    for token_id, value in bias.items():
+        if not 0 <= token_id < limits.vocab_size:
+            return f"sampling.logit_bias: expected token ids in [0, {limits.vocab_size}), got {token_id}"
+        if not -MAX_BIAS <= value <= MAX_BIAS:
+            return f"sampling.logit_bias[{token_id}]: expected -{MAX_BIAS:g} to {MAX_BIAS:g}, got {value}"
+    return None
 
 
 def _token_input(step: pb.Step, limits: StepLimits) -> tuple[int, str | None]:
@@ -178,6 +220,13 @@ def check_sampling(params: pb.SamplingParams) -> str | None:
         return f"sampling.top_k: expected >= 0, got {params.top_k}"
     if not 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS:
         return f"sampling.top_logprobs: expected 0 to {MAX_TOP_LOGPROBS}, got {params.top_logprobs}"
+    if not 0.0 <= params.min_p <= 1.0:
+        return f"sampling.min_p: expected 0 to 1, got {params.min_p}"
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not -MAX_PENALTY <= getattr(params, name) <= MAX_PENALTY:
+            return f"sampling.{name}: expected -{MAX_PENALTY:g} to {MAX_PENALTY:g}, got {getattr(params, name)}"
+    if not 0.0 <= params.repetition_penalty <= MAX_REPETITION_PENALTY:
+        return f"sampling.repetition_penalty: expected 0 (off) to {MAX_REPETITION_PENALTY:g}, got {params.repetition_penalty}"
     return None
 
 

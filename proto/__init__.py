@@ -1,6 +1,7 @@
 """boltpipe's wire protocol: boltpipe.proto and its generated modules."""
 
-PROTOCOL_VERSION = 4  # 2: Steps carries StepGroups (batched decode); 3: speculative steps (draft_ids); 4: kept prefixes
+PROTOCOL_VERSION = 5  # 2: Steps carries StepGroups (batched decode); 3: speculative steps (draft_ids); 4: kept prefixes;
+# 5: logits processors and constrained decoding
 
 # Message size limits, one for every boltpipe server and channel, sending and receiving.
 # The largest legitimate message is a Step carrying a prefill chunk of hidden states:

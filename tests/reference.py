@@ -71,3 +71,15 @@ def greedy_steps(model_dir: Path, prompt_ids: list[int], max_tokens: int) -> lis
     for token, logprobs in generate_step(mx.array(prompt_ids), _model(Path(model_dir)), max_tokens=max_tokens):
         steps.append((int(token), logprobs[int(token)].item()))
     return steps
+
+
+def processed_greedy_text(model_dir: Path, prompt_ids: list[int], max_tokens: int, processors: list) -> str:
+    """mlx-lm greedy with its logits processors (bias, penalties), cut before eos, as text."""
+    eos = tokenizer_for(model_dir).eos_token_ids
+    out = []
+    for token, _ in generate_step(mx.array(prompt_ids), _model(Path(model_dir)), max_tokens=max_tokens,
+                                  logits_processors=processors):
+        if int(token) in eos:
+            break
+        out.append(int(token))
+    return tokenizer_for(model_dir).decode(out)

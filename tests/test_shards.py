@@ -12,6 +12,7 @@ import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
+from deploy.stage_tensors import TOKENIZER_FILES
 from deploy.shards import (ShardError, cut_shard, ensure_shard, file_sha256, read_manifest, shard_cache_dir,
                             stage_tensor_names, verify_shard)
 from deploy.stage_tensors import files_for_stage
@@ -29,7 +30,7 @@ def _small_llama(out: Path) -> Path:
     write_random_llama(out, hidden_size=HIDDEN, num_layers=LAYERS, intermediate_size=128, num_heads=4,
                        num_kv_heads=2, vocab_size=256, layers_per_shard=2)
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))
-    (out / "tokenizer.json").write_text("{}")  # present in real models; a worker never needs it
+    (out / "tokenizer.json").write_text("{}")  # present in real models; only the last stage reads it
     return out
 
 
@@ -138,12 +139,14 @@ class TestCutShard:
             covered |= set(got)
         assert covered == set(source)
 
-    def test_small_files_come_along_and_the_tokenizer_does_not(self, model, shards) -> None:
-        for shard in shards.values():
+    def test_small_files_come_along_and_the_tokenizer_only_to_the_last_stage(self, model, shards) -> None:
+        for (_, end), shard in shards.items():
             assert (shard / "config.json").read_bytes() == (model / "config.json").read_bytes()
             assert (shard / "generation_config.json").read_bytes() == (model / "generation_config.json").read_bytes()
+            # The last stage follows grammars with the tokenizer (node/grammar.py); the others never tokenize.
+            tokenizer = [n for n in TOKENIZER_FILES if (model / n).is_file()] if end == LAYERS else []
             assert sorted(p.name for p in shard.iterdir()) == sorted(
-                ["config.json", "generation_config.json", "model.safetensors", SHARD_MANIFEST])
+                ["config.json", "generation_config.json", "model.safetensors", SHARD_MANIFEST, *tokenizer])
 
     def test_manifest_is_true(self, shards) -> None:
         for (start, end), shard in shards.items():

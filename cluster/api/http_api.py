@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cluster.api.admission import Admission, AdmissionRefused
 from cluster.api.api_keys import key_accepted
+from cluster.api.chat_prompt import ChatPrompt, chat_prompt
 from cluster.api.coordinator_metrics import CoordinatorMetrics, RequestTimer
 from cluster.api.openai_responses import ResponseShaper
 from cluster.api.openai_shapes import (ModelDefaults, ParsedRequest, RequestError, error_body, now, parse_request,
@@ -143,15 +144,13 @@ class OpenAIServer:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, chat=False)
 
-    def _prompt_ids(self, parsed: ParsedRequest, chat: bool) -> list[int]:
+    def _prompt(self, parsed: ParsedRequest, chat: bool) -> ChatPrompt:
         tokenizer = self.engine.tokenizer
         if chat:
-            if tokenizer.has_chat_template:
-                return tokenizer.encode_chat(parsed.messages)
-            return tokenizer.encode_text("\n".join(m["content"] for m in parsed.messages))
+            return chat_prompt(tokenizer, parsed)
         if parsed.prompt_ids is not None:
-            return parsed.prompt_ids
-        return tokenizer.encode_text(parsed.prompt)
+            return ChatPrompt(parsed.prompt_ids, None)
+        return ChatPrompt(tokenizer.encode_text(parsed.prompt), None)
 
     async def _handle(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         arrived = time.monotonic()
@@ -161,14 +160,19 @@ class OpenAIServer:
             self.metrics.failed("invalid_request")
             return error_response(400, "the request body is not valid JSON")
         try:
-            parsed = with_defaults(parse_request(body, chat=chat, default_max_tokens=DEFAULT_MAX_TOKENS),
-                                   self.defaults)
+            parsed = with_defaults(parse_request(body, chat=chat, default_max_tokens=DEFAULT_MAX_TOKENS,
+                                                 vocab_size=self.engine.vocab_size), self.defaults)
             if parsed.model and parsed.model != self.model_name:
                 self.metrics.failed("invalid_request")
                 return error_response(404, f"the model {parsed.model!r} does not exist; this server serves "
                                       f"{self.model_name!r}", param="model", kind="not_found_error",
                                       code="model_not_found")
-            prompt_ids = self._prompt_ids(parsed, chat)
+            prompt = self._prompt(parsed, chat)
+            prompt_ids = prompt.ids
+            if parsed.params.grammar is not None and self.engine.constraint_problem:
+                raise RequestError("this request needs constrained decoding (response_format or tools), which the "
+                                   f"cluster's last stage cannot do: {self.engine.constraint_problem}",
+                                   "tools" if parsed.tools is not None else "response_format")
             vocab = self.engine.vocab_size
             if parsed.prompt_ids is not None and vocab and any(not 0 <= i < vocab for i in prompt_ids):
                 raise RequestError(f"prompt token ids must lie in [0, {vocab})", "prompt")
@@ -189,7 +193,7 @@ class OpenAIServer:
             async with self.admission.slot():
                 timer.admitted()
                 shaper = ResponseShaper(chat=chat, model=self.model_name, decode=self.engine.tokenizer.decode,
-                                        want_logprobs=parsed.want_logprobs)
+                                        want_logprobs=parsed.want_logprobs, tool_format=prompt.tool_format)
                 if parsed.stream:
                     return await self._stream(request, parsed, prompt_ids, shaper, timer)
                 return await self._complete(parsed, prompt_ids, shaper, timer)
@@ -243,10 +247,12 @@ class OpenAIServer:
             async with asyncio.timeout(self.limits.request_timeout_s):
                 async for event in self.engine.text(prompt_ids, parsed.params, timer.token):
                     if isinstance(event, TextDelta):
-                        await send(shaper.delta_chunk(event.text, event.tokens))
+                        for chunk in shaper.delta_chunks(event.text, event.tokens):
+                            await send(chunk)
                     else:
                         timer.finished(event.reason)
-                        await send(shaper.finish_chunk(event.reason))
+                        for chunk in shaper.final_chunks(event.reason):
+                            await send(chunk)
                         if parsed.include_usage:
                             await send(shaper.usage_chunk(event.prompt_tokens, event.completion_tokens))
         except TimeoutError:

@@ -5,14 +5,19 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from cluster.api.openai_shapes import new_id, now, usage
+from cluster.api.tool_calls import ToolCallStream, parse_tool_calls
 from cluster.pipeline.engine import TokenStep
 
 
 class ResponseShaper:
     """One request's response pieces; `chat` picks chat/completions or completions shapes."""
 
-    def __init__(self, *, chat: bool, model: str, decode: Callable[[Sequence[int]], str], want_logprobs: bool):
+    def __init__(self, *, chat: bool, model: str, decode: Callable[[Sequence[int]], str], want_logprobs: bool,
+                 tool_format: str | None = None):
         self.chat = chat
+        self.tool_format = tool_format  # tools were offered: calls are parsed out of the text in this format
+        self._calls = ToolCallStream(tool_format) if tool_format else None
+        self._called = 0
         self.model = model
         self.decode = decode
         self.want_logprobs = want_logprobs
@@ -44,6 +49,12 @@ class ResponseShaper:
         choice: dict = {"index": 0, "finish_reason": reason, "logprobs": self.logprobs(tokens)}
         if self.chat:
             choice["message"] = {"role": "assistant", "content": text}
+            if self.tool_format:
+                content, calls = parse_tool_calls(text, self.tool_format)
+                if calls:
+                    choice["message"] = {"role": "assistant", "content": content or None,
+                                         "tool_calls": [call.to_openai() for call in calls]}
+                    choice["finish_reason"] = "tool_calls" if reason == "stop" else reason
         else:
             choice["text"] = text
         return {
@@ -71,6 +82,32 @@ class ResponseShaper:
         else:
             piece["text"] = text
         return self._chunk([piece])
+
+    def delta_chunks(self, text: str, tokens: list[TokenStep]) -> list[dict]:
+        """A text delta's chunks: itself, or with tools offered, its content and any calls completed."""
+        if self._calls is None:
+            return [self.delta_chunk(text, tokens)]
+        return self._tool_chunks(self._calls.feed(text), tokens)
+
+    def _tool_chunks(self, events: list, tokens: list[TokenStep]) -> list[dict]:
+        chunks = []
+        for kind, value in events:
+            if kind == "content":
+                if value:
+                    chunks.append(self.delta_chunk(value, tokens))
+                    tokens = []
+            else:
+                chunks.append(self._chunk([{"index": 0, "finish_reason": None, "logprobs": None,
+                                            "delta": {"tool_calls": [value.to_openai(self._called)]}}]))
+                self._called += 1
+        return chunks
+
+    def final_chunks(self, reason: str) -> list[dict]:
+        """What is held back (text that might have begun a call), then the finish chunk."""
+        chunks = self._tool_chunks(self._calls.finish(), []) if self._calls is not None else []
+        if self._called and reason == "stop":
+            reason = "tool_calls"
+        return [*chunks, self.finish_chunk(reason)]
 
     def finish_chunk(self, reason: str) -> dict:
         last: dict = {"index": 0, "finish_reason": reason, "logprobs": None}

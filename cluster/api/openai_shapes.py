@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.pipeline.engine import GenerationParams
+from cluster.api.request_errors import RequestError, error_body  # noqa: F401 (shared names)
+from cluster.api.structured_output import response_format_grammar
+from cluster.api.tools import ToolRequest, parse_tools
+from cluster.pipeline.engine import DEFAULT_PENALTY_CONTEXT, GenerationParams
 
 ROLES = ("system", "user", "assistant", "developer", "tool")
 
 
-class RequestError(ValueError):
-    """A malformed request: becomes a 400 with OpenAI's error body."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
-        super().__init__(message)
-        self.param = param
-        self.status = status
-        self.code = code
-
-
-def error_body(message: str, *, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 @dataclass
@@ -36,20 +28,55 @@ class ParsedRequest:
     prompt: str | None = None
     prompt_ids: list[int] | None = None   # completions may send token ids instead of text
     want_logprobs: bool = False
+    tools: ToolRequest | None = None      # tools offered to the model (tool_choice none: None)
 
 
-# Parameters with behaviour this server does not have: refused unless they ask for the default.
-UNSUPPORTED_UNLESS_DEFAULT = {
-    "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "echo": False, "suffix": None,
-    "best_of": 1, "tools": None, "functions": None, "response_format": None,
-}
+# Every parameter is honoured or refused, never dropped. These are OpenAI's that change nothing
+# here (who is asking, what to store): accepted.
+NO_EFFECT = {"user", "metadata", "store", "service_tier", "stream_options"}
+COMMON = {"model", "stream", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
+          "seed", "stop", "n", "presence_penalty", "frequency_penalty", "repetition_penalty",
+          "repetition_context_size", "logit_bias", "logprobs", "top_logprobs", "speculation", "response_format"}
+CHAT_ONLY = {"messages", "tools", "tool_choice", "parallel_tool_calls"}
+COMPLETIONS_ONLY = {"prompt"}
+# Behaviour this server does not have: refused unless they ask for the default.
+UNSUPPORTED_UNLESS_DEFAULT = {"echo": False, "suffix": None, "best_of": 1, "functions": None, "function_call": None,
+                              "modalities": ["text"], "audio": None, "prediction": None, "reasoning_effort": None,
+                              "web_search_options": None}
 
 
-def _refuse_unsupported(body: dict) -> None:
-    for key, default in UNSUPPORTED_UNLESS_DEFAULT.items():
-        value = body.get(key, default)
-        if value not in (default, None, {}, []) and not (key == "response_format" and value == {"type": "text"}):
-            raise RequestError(f"'{key}' is not supported by this server (got {value!r})", key)
+def _refuse_unknown(body: dict, *, chat: bool) -> None:
+    known = NO_EFFECT | COMMON | (CHAT_ONLY if chat else COMPLETIONS_ONLY)
+    for key, value in body.items():
+        if key in known:
+            continue
+        if key in UNSUPPORTED_UNLESS_DEFAULT:
+            if value not in (UNSUPPORTED_UNLESS_DEFAULT[key], None, {}, []):
+                raise RequestError(f"'{key}' is not supported by this server (got {value!r})", key)
+            continue
+        elsewhere = "chat/completions" if key in CHAT_ONLY else "completions" if key in COMPLETIONS_ONLY else None
+        raise RequestError(f"unrecognized request argument supplied: {key!r}"
+                           + (f" (it belongs to /v1/{elsewhere})" if elsewhere else ""), key)
+
+
+def _logit_bias(body: dict, vocab_size: int) -> dict[int, float]:
+    value = body.get("logit_bias")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > 1024:
+        raise RequestError("'logit_bias' must map token ids to numbers (at most 1024 of them)", "logit_bias")
+    bias = {}
+    for key, number in value.items():
+        try:
+            token_id = int(key)
+        except (TypeError, ValueError):
+            raise RequestError(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        if vocab_size and not 0 <= token_id < vocab_size:
+            raise RequestError(f"logit_bias token ids must lie in [0, {vocab_size}), got {token_id}", "logit_bias")
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not -100 <= number <= 100:
+            raise RequestError(f"logit_bias values must be numbers from -100 to 100, got {number!r}", "logit_bias")
+        bias[token_id] = float(number)
+    return bias
 
 
 def _number(body: dict, key: str, default, *, low=None, high=None, integer=False):
@@ -84,12 +111,12 @@ def _stop(body: dict) -> list[str]:
     raise RequestError("'stop' must be a string or a list of up to 4 strings", "stop")
 
 
-def parse_request(body: Any, *, chat: bool, default_max_tokens: int) -> ParsedRequest:
+def parse_request(body: Any, *, chat: bool, default_max_tokens: int, vocab_size: int = 0) -> ParsedRequest:
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     if _number(body, "n", 1, integer=True) != 1:
         raise RequestError("only n=1 is supported", "n")
-    _refuse_unsupported(body)
+    _refuse_unknown(body, chat=chat)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is None:
         max_tokens = default_max_tokens
@@ -121,6 +148,14 @@ def parse_request(body: Any, *, chat: bool, default_max_tokens: int) -> ParsedRe
         stop=_stop(body),
         top_logprobs=top_logprobs,
         speculate=_flag(body, "speculation", True),
+        min_p=float(_number(body, "min_p", 0.0, low=0, high=1)),
+        presence_penalty=float(_number(body, "presence_penalty", 0.0, low=-2, high=2)),
+        frequency_penalty=float(_number(body, "frequency_penalty", 0.0, low=-2, high=2)),
+        repetition_penalty=float(_number(body, "repetition_penalty", 0.0, low=0, high=10)),
+        penalty_context=int(_number(body, "repetition_context_size", DEFAULT_PENALTY_CONTEXT, low=1, high=4000,
+                                    integer=True)),
+        logit_bias=_logit_bias(body, vocab_size),
+        grammar=response_format_grammar(body.get("response_format")),
     )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -134,6 +169,10 @@ def parse_request(body: Any, *, chat: bool, default_max_tokens: int) -> ParsedRe
     parsed = ParsedRequest(params, stream, bool(options.get("include_usage")), model, want_logprobs=want_logprobs)
     if chat:
         parsed.messages = _messages(body.get("messages"))
+        parsed.tools = parse_tools(body)
+        if parsed.tools is not None and params.grammar is not None:
+            raise RequestError("a request cannot offer tools and ask for a response_format at once "
+                               "(tool_choice none leaves the tools out)", "response_format")
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
@@ -159,7 +198,10 @@ def _messages(messages: Any) -> list[dict]:
         role = message.get("role")
         if role not in ROLES:
             raise RequestError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", "messages")
+        calls = _tool_calls(i, message) if role == "assistant" else []
         content = message.get("content")
+        if content is None and calls:
+            content = ""  # an assistant turn that only called tools
         if isinstance(content, list):
             # Text parts only: this server has no vision or audio.
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
@@ -167,7 +209,41 @@ def _messages(messages: Any) -> list[dict]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise RequestError(f"messages[{i}].content must be a string", "messages")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
+        entry: dict = {"role": "system" if role == "developer" else role, "content": content}
+        if calls:
+            entry["tool_calls"] = calls
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise RequestError(f"messages[{i}].tool_call_id must name the call this result answers", "messages")
+            entry["tool_call_id"] = call_id
+        out.append(entry)
+    return out
+
+
+def _tool_calls(i: int, message: dict) -> list[dict]:
+    """An assistant message's earlier calls, their arguments parsed (templates render them as objects)."""
+    calls = message.get("tool_calls")
+    if calls is None:
+        return []
+    where = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise RequestError(f"{where} must be a list", "messages")
+    out = []
+    for j, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise RequestError(f"{where}[{j}] must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}",
+                               "messages")
+        arguments = function.get("arguments", "{}")
+        try:
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except json.JSONDecodeError:
+            raise RequestError(f"{where}[{j}].function.arguments must be a JSON object", "messages") from None
+        if not isinstance(arguments, dict):
+            raise RequestError(f"{where}[{j}].function.arguments must be a JSON object", "messages")
+        out.append({"id": str(call.get("id", "")), "type": "function",
+                    "function": {"name": function["name"], "arguments": arguments}})
     return out
 
 

@@ -285,6 +285,7 @@ async def bring_up(
         client.on_return_hop = metrics.observe_return_hop
         client.watch.on_change = _on_stage_change(metrics, engine)
         engine.on_replay = metrics.replayed
+        engine.constraint_problem = infos[-1].constraint_problem if infos else ""
         engine.on_speculated = metrics.speculated
         if engine.prefix_cache is not None:
             metrics.watch_prefix_cache(engine.prefix_cache)

@@ -22,6 +22,7 @@ from cluster.pipeline.tokenizer import PromptTokenizer
 from proto import boltpipe_pb2 as pb
 
 DEFAULT_PREFILL_CHUNK = 512
+DEFAULT_PENALTY_CONTEXT = 20  # mlx-lm's repetition_context_size
 log = logging.getLogger(__name__)
 
 
@@ -36,6 +37,17 @@ class GenerationParams:
     top_logprobs: int = 0
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
     speculate: bool = True    # may draft tokens when the pipeline speculates (a request may opt out)
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 0.0  # 0 or 1: off
+    penalty_context: int = DEFAULT_PENALTY_CONTEXT  # the latest tokens the penalties count
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # an llguidance grammar the tokens must follow (node/grammar.py)
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty) or self.repetition_penalty not in (0.0, 1.0)
 
     def to_wire(self) -> pb.SamplingParams:
         return pb.SamplingParams(
@@ -45,6 +57,11 @@ class GenerationParams:
             has_seed=self.seed is not None,
             seed=(self.seed or 0) % (1 << 64),
             top_logprobs=self.top_logprobs,
+            min_p=self.min_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=self.logit_bias,
         )
 
 
@@ -112,6 +129,7 @@ class Engine:
         # metrics: (drafter, drafted, kept) for each speculative trip
         self.on_speculated: Callable[[str, int, int], None] | None = None
         self._decoding: set[str] = set()  # sessions in their decode loop (speculation: only alone)
+        self.constraint_problem = ""  # why the last stage cannot follow grammars ("": it can)
 
     async def tokens(self, prompt_ids: Sequence[int], params: GenerationParams,
                      on_token: Callable[[], None] | None = None) -> AsyncIterator[TokenStep]:
@@ -187,9 +205,16 @@ class Engine:
                 position += 1
             next_input = inputs[-1]
             first_token_step = step_id
+            sequence = [*prompt_ids, *generated]  # every token so far (penalties count the latest)
+            # The grammar goes with the session's first sampling step; a replay's grammar follows
+            # the tokens generated before it first.
+            constraint = pb.Constraint(grammar=params.grammar, consumed_ids=generated) if params.grammar else None
             # A seeded sampled request does not speculate: how many drafts a trip carries follows
             # measured times, and the draws with it, so its tokens would change from run to run.
-            speculate = self.speculation.on and params.speculate and (params.temperature <= 0 or params.seed is None)
+            # A constrained request does not speculate either: its grammar's masks for drafted rows
+            # (node/grammar.py masks_along) are not yet trusted end to end (see docs/architecture.md).
+            speculate = (self.speculation.on and params.speculate and params.grammar is None
+                         and (params.temperature <= 0 or params.seed is None))
             drafter = SessionDrafter(self.speculation, [*prompt_ids, *generated]) if speculate else None
             self._decoding.add(session_id)
             remaining = params.max_tokens - len(generated)
@@ -208,8 +233,10 @@ class Engine:
                     decode=decode,
                     draft_ids=drafts,
                     prefix_id=prefix_id,
+                    context_ids=(sequence + drafts)[-(params.penalty_context + len(drafts)):] if params.penalized else (),
+                    constraint=constraint,
                 )
-                prefix_id = ""
+                prefix_id, constraint = "", None
                 batched = decode and not drafts and self.batcher is not None
                 if batched:
                     self.batcher.send(step)
@@ -245,6 +272,7 @@ class Engine:
                         received_ns=received_ns,
                         timings=list(result.timings),
                     )
+                sequence.extend(token_id for token_id, _, _ in chosen)
                 position += len(chosen)
                 remaining -= len(chosen)
                 next_input = chosen[-1][0]

@@ -22,9 +22,16 @@ class PromptTokenizer:
     def eos_token_ids(self) -> set[int]:
         return set(self._wrapper.eos_token_ids)
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Chat messages through the model's template, as `mlx_lm generate` does."""
-        text = self._wrapper.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    @property
+    def chat_template(self) -> str | None:
+        template = getattr(self._hf, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Chat messages (and tools, for a template that renders them) through the model's template,
+        as `mlx_lm generate` does."""
+        extra = {"tools": tools} if tools else {}
+        text = self._wrapper.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         return list(self._hf.encode(text, add_special_tokens=False))
 
     def encode_text(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
