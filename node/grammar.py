@@ -99,8 +99,8 @@ class GrammarState:
             first = self._matcher.get_error().strip().splitlines()[0]
             raise GrammarError(f"{doing}{first}")
 
-    def _compute(self) -> np.ndarray:
-        bits = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8)
+    def _compute(self, matcher: llguidance.LLMatcher | None = None) -> np.ndarray:
+        bits = np.frombuffer((matcher or self._matcher).compute_bitmask(), dtype=np.uint8)
         return np.unpackbits(bits, bitorder="little")[: self.vocab_size].astype(bool)
 
     def _settle(self) -> np.ndarray | None:
@@ -121,26 +121,24 @@ class GrammarState:
     def masks_along(self, drafts: Sequence[int]) -> list[np.ndarray]:
         """Masks for a speculative step's rows: row 0 from here, row i + 1 after drafts[:i + 1],
         as far as the drafts are allowed (a row after a forbidden draft repeats the last mask: the
-        draft there is rejected, so that row's choice is never used). The state is left as it was."""
+        draft there is rejected, so that row's choice is never used). The drafts are followed on a
+        copy of the matcher, so the state is left as it was (llguidance cannot roll back past the
+        end of a grammar, which an end-of-sequence draft reaches)."""
         masks = [self.mask()]
-        self._settle()
-        followed = 0
+        walker = self._matcher.deep_copy()
         for draft in drafts:
-            if not masks[-1][draft] or not self._matcher.consume_token(draft):
+            if not masks[-1][draft] or not walker.consume_token(draft) or walker.is_stopped():
                 break
-            followed += 1
-            masks.append(self._compute())
-        if followed:
-            self._matcher.rollback(followed)
-        self._check()
+            masks.append(self._compute(walker))
         masks += [masks[-1]] * (len(drafts) + 1 - len(masks))
-        self._next = _done(masks[0])
         return masks
 
     def consume(self, tokens: Sequence[int]) -> None:
         """The tokens chosen; the next mask starts computing at once."""
         self._settle()
         for token in tokens:
+            if self._matcher.is_stopped():
+                break  # past the end of the sequence: what follows is never used
             if not self._matcher.consume_token(token):
                 self._check(f"the grammar does not allow token {token} here: ")
                 raise GrammarError(f"the grammar does not allow token {token} here")

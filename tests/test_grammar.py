@@ -87,3 +87,24 @@ def test_bad_grammars_are_errors_and_the_loader_says_why(tokenizer, tmp_path: Pa
     with pytest.raises(GrammarError, match="no usable tokenizer"):
         loader.get()
     assert "no usable tokenizer" in loader.problem()
+
+
+def test_drafts_that_reach_the_end_leave_the_state_as_it_was(tokenizer) -> None:
+    """A draft run may end the grammar (its end-of-sequence drafted too); the real state must still
+    take any shorter choice after it (llguidance cannot roll back past an end: a copy is walked)."""
+    from cluster.api.tools import call_grammar, parse_tools
+    from tests.structured_cases import TOOLS
+
+    single = parse_tools({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "add"}}})
+    grammar = call_grammar(single, "generic")
+    ids = tokenizer.tokenize_str('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>')
+    ids.append(tokenizer.eos_token)
+    for split in range(len(ids) - 4, len(ids)):
+        drafts = ids[split:]
+        for keep in range(len(drafts)):
+            state = GrammarState(tokenizer, grammar, ids[:split])
+            state.masks_along(drafts)
+            state.consume(ids[split:split + keep + 1])  # kept drafts and the token after them
+    state = GrammarState(tokenizer, grammar, ids)
+    state.consume([tokenizer.eos_token])  # past the end: ignored, never used
+    assert state.done()

@@ -159,6 +159,12 @@ def test_required_tool_calls_always_parse_stream_the_same_and_take_the_result_ba
     assert answer.message.content or answer.message.tool_calls
 
 
+def _coordinator_counter(api: ApiCluster, name: str) -> float:
+    text = httpx.get(f"{api.inventory.url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(f"{name}_total{{") and 'drafter="prompt_lookup"' in line)
+
+
 def test_a_named_tool_is_the_one_called_and_none_leaves_tools_out(api: ApiCluster) -> None:
     async def run():
         c = client(api)
@@ -173,7 +179,13 @@ def test_a_named_tool_is_the_one_called_and_none_leaves_tools_out(api: ApiCluste
                                             tool_choice={"type": "function", "function": {"name": "fly"}})
         return named, none
 
+    drafted_before = _coordinator_counter(api, "boltpipe_coordinator_drafted_tokens")
+    accepted_before = _coordinator_counter(api, "boltpipe_coordinator_accepted_tokens")
     named, none = asyncio.run(run())
+    # Alone, the constrained request speculated (prompt lookup copies the call's shape from the tools'
+    # description), drafts were judged by the grammar and the model, and some were kept.
+    assert _coordinator_counter(api, "boltpipe_coordinator_drafted_tokens") > drafted_before
+    assert _coordinator_counter(api, "boltpipe_coordinator_accepted_tokens") > accepted_before
     (call,) = named.choices[0].message.tool_calls  # a named function: exactly one call, to it
     assert call.function.name == "add"
     _valid_call("add", call.function.arguments)

@@ -211,10 +211,7 @@ class Engine:
             constraint = pb.Constraint(grammar=params.grammar, consumed_ids=generated) if params.grammar else None
             # A seeded sampled request does not speculate: how many drafts a trip carries follows
             # measured times, and the draws with it, so its tokens would change from run to run.
-            # A constrained request does not speculate either: its grammar's masks for drafted rows
-            # (node/grammar.py masks_along) are not yet trusted end to end (see docs/architecture.md).
-            speculate = (self.speculation.on and params.speculate and params.grammar is None
-                         and (params.temperature <= 0 or params.seed is None))
+            speculate = self.speculation.on and params.speculate and (params.temperature <= 0 or params.seed is None)
             drafter = SessionDrafter(self.speculation, [*prompt_ids, *generated]) if speculate else None
             self._decoding.add(session_id)
             remaining = params.max_tokens - len(generated)
