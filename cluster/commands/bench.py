@@ -8,6 +8,8 @@ With --speculative: one stream, speculation on against off in the same cluster, 
 (cluster/bench/speculative.py).
 With --chat-turns N: one chat behind a long system prompt, time to first token of each turn with the
 prefix cache on and off (cluster/bench/chat_turns.py).
+With --structured: inter-token latency of answers held to a JSON schema against free ones
+(cluster/bench/structured.py).
 With --float32: both sides serve a float32 copy of the model (made once, cluster/bench/float32_model.py),
 so every matrix product goes through the BLAS. Both sides use the same BLAS (bench_blas.py), one
 OpenBLAS thread per process, and the report names it.
@@ -29,6 +31,7 @@ from cluster.bench.chart import write_chart
 from cluster.bench.float32_model import float32_copy, model_dtype
 from cluster.bench.chat_turns import format_chat_turns, measure_chat_turns
 from cluster.bench.speculative import format_speculative, measure_speculative
+from cluster.bench.structured import format_structured, measure_structured
 from cluster.bench.load import format_load_table, load_report, measure_baseline_load, measure_cluster_load, pin_cluster
 from cluster.bench.versus_mlx_lm import format_table, measure_baseline, measure_cluster, report
 from cluster.inventory import Inventory, ModelSpec, load_inventory
@@ -71,7 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat-turns", type=int, default=None, metavar="N",
                    help="one chat of N turns behind a long system prompt, prefix cache on against off")
     p.add_argument("--system-tokens", type=int, default=1500, help="with --chat-turns: system prompt length")
-    p.add_argument("--repeats", type=int, default=3, help="with --speculative: runs of each prompt each way (median)")
+    p.add_argument("--structured", action="store_true",
+                   help="inter-token latency with a JSON schema (response_format) and without, in one cluster")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="with --speculative or --structured: runs of each prompt each way (median)")
     p.add_argument("--out", type=Path, default=Path("bench-results"),
                    help="with --concurrency: directory for bench.json and bench.png (default ./bench-results)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
@@ -163,6 +169,14 @@ async def _bench_chat_turns(args: argparse.Namespace) -> dict:
     return result | {"dtype": dtype, "blas": blas}
 
 
+async def _bench_structured(args: argparse.Namespace) -> dict:
+    async with _serving(args) as (_, cluster):
+        dtype, blas = _sides(cluster)
+        print(f"answers with a JSON schema and without, through {len(cluster.plan)} stages...", file=sys.stderr)
+        result = await measure_structured(cluster, args.repeats, args.gen_tokens)
+    return result | {"dtype": dtype, "blas": blas}
+
+
 async def _bench_draft_model(args: argparse.Namespace, cluster: RunningCluster):
     from cluster.pipeline.draft_model import DraftModel
 
@@ -219,6 +233,17 @@ def run(args: argparse.Namespace) -> int:
         one_thread_each()
         result = asyncio.run(_bench_chat_turns(args))
         print(json.dumps(result, indent=2) if args.json else format_chat_turns(result))
+        return 0
+    if args.structured:
+        if load or args.speculative:
+            raise SystemExit("error: --structured measures one stream at a time; leave out --concurrency and --speculative")
+        if args.repeats < 1:
+            raise SystemExit("error: --repeats must be at least 1")
+        args.gen_tokens = args.gen_tokens or 96
+        one_thread_each()
+        result = asyncio.run(_bench_structured(args))
+        print(json.dumps(result, indent=2) if args.json else format_structured(result)
+              + f"\nmodel {result['dtype']}, BLAS {', '.join(sorted(set(result['blas'].values())))}")
         return 0
     if args.speculative:
         if load:
