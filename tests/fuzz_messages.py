@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
-from node.step_validation import MAX_CARRIED_BYTES, MAX_END_SESSION_IDS, MAX_ID_CHARS, TIMINGS_SLACK
+from node.step_validation import (MAX_BIAS, MAX_CARRIED_BYTES, MAX_CONSUMED_IDS, MAX_CONTEXT_IDS, MAX_END_SESSION_IDS,
+                                  MAX_GRAMMAR_BYTES, MAX_ID_CHARS, MAX_LOGIT_BIAS, MAX_PENALTY, MAX_REPETITION_PENALTY,
+                                  TIMINGS_SLACK)
 from proto import MAX_STEP_TOKENS
 from proto import boltpipe_pb2 as pb
 
@@ -85,6 +87,25 @@ few_ids = st.lists(token_id, max_size=6)
 many_ids = st.builds(lambda value, count: [value] * count, token_id,
                      st.sampled_from([MAX_STEP_TOKENS + 1] * 4 + [10_000] * 3 + [1_000_000]))
 ids = st.one_of(*[few_ids] * 19, many_ids)
+# Penalties' context and a grammar's consumed tokens: few, or built either side of their bounds.
+many_context_ids = st.builds(lambda value, count: [value] * count, token_id,
+                             st.sampled_from([MAX_CONTEXT_IDS, MAX_CONTEXT_IDS + 1, 100_000]))
+context_id_lists = st.one_of(*[few_ids] * 9, many_context_ids)
+many_consumed_ids = st.builds(lambda value, count: [value] * count, token_id,
+                              st.sampled_from([MAX_CONSUMED_IDS, MAX_CONSUMED_IDS + 1]))
+consumed_id_lists = st.one_of(*[few_ids] * 9, many_consumed_ids)
+A_TOKEN = 81  # "a" in the demo model's vocabulary: `start: /a*/` follows any number of them
+# Grammars as llguidance takes them (Lark, or its JSON form), broken ones, and ones at and over the size
+# bound (built: long text is not drawn).
+known_grammars = st.sampled_from([
+    'start: "yes" | "no"', "start: /[a-z]+/", "start: /a*/", 'start: ""',
+    '{"grammars": [{"json_schema": {"type": "object"}}]}', 'start: %json {"type": "integer"}',
+    "start: nothing_defined", "}{)(*&^", "start: /(/", 'start: %json {"type": "bogus"}', '{"grammars": 7}',
+    "%import common.WS", "start: " + "(" * 1000 + '"a"' + ")" * 1000, "\x00", "é",
+])
+long_grammars = st.builds(lambda piece, size: (piece * size)[:size], st.sampled_from(["x", "start: ", "é"]),
+                          st.sampled_from([MAX_GRAMMAR_BYTES // 2, MAX_GRAMMAR_BYTES, MAX_GRAMMAR_BYTES + 1]))
+grammars = st.one_of(*[known_grammars] * 6, *[st.text(max_size=40)] * 3, long_grammars)
 
 
 floats32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
@@ -95,12 +116,26 @@ top_logprobs = st.one_of(st.integers(-2, 22), st.integers(*INT32))
 # Unknown fields travel on with sampling: sized either side of the bound (mostly none).
 paddings = st.sampled_from([0] * 17 + [16, MAX_CARRIED_BYTES // 2, MAX_CARRIED_BYTES + 1])
 seeds = st.integers(0, 2**64 - 1)
+# The logits processors' fields: mostly off, else edges either side of their bounds, or any float32.
+min_ps = st.one_of(st.sampled_from([0.0] * 6 + [0.05, 1.0, 1e-45, -0.0, -0.1, 1.5]), floats32)
+penalties = st.one_of(st.sampled_from([0.0] * 6 + [0.5, -2.0, MAX_PENALTY, -MAX_PENALTY, MAX_PENALTY + 1, 1e-45]),
+                      floats32)
+repetition_penalties = st.one_of(st.sampled_from([0.0] * 6 + [1.0, 1.3, 1e-45, MAX_REPETITION_PENALTY,
+                                                              MAX_REPETITION_PENALTY + 1, -1.0]), floats32)
+bias_values = st.one_of(st.sampled_from([0.0, 1.0, -MAX_BIAS, MAX_BIAS, MAX_BIAS + 1]), floats32)
+few_biases = st.dictionaries(token_id, bias_values, max_size=4)
+many_biases = st.builds(lambda value, count: {i: value for i in range(count)}, bias_values,
+                        st.sampled_from([MAX_LOGIT_BIAS, MAX_LOGIT_BIAS + 1]))
+logit_biases = st.one_of(*[st.just({})] * 10, *[few_biases] * 5, many_biases)
 
 
 @st.composite
 def sampling(draw) -> pb.SamplingParams:
     params = pb.SamplingParams(temperature=draw(temperatures), top_p=draw(top_ps), top_k=draw(top_ks),
-                               has_seed=draw(st.booleans()), seed=draw(seeds), top_logprobs=draw(top_logprobs))
+                               has_seed=draw(st.booleans()), seed=draw(seeds), top_logprobs=draw(top_logprobs),
+                               min_p=draw(min_ps), presence_penalty=draw(penalties),
+                               frequency_penalty=draw(penalties), repetition_penalty=draw(repetition_penalties),
+                               logit_bias=draw(logit_biases))
     if size := draw(paddings):
         params.MergeFromString(b"\xfa\x3f" + _varint(size) + b"p" * size)
     return params
@@ -192,6 +227,12 @@ def steps(draw, stage: int) -> pb.Step:
                 step.token_ids.extend(value)
     if draw(st.integers(0, 3)) == 0:  # speculation's guesses, as garbage as the rest
         step.draft_ids.extend(draw(st.lists(st.integers(-2**31, 2**31 - 1), max_size=6)))
+    if draw(st.integers(0, 3)) == 0:  # the penalties' context
+        step.context_ids.extend(draw(context_id_lists))
+    if draw(st.integers(0, 3)) == 0:  # a grammar, with or without want_token
+        step.constraint.SetInParent()  # present even when the grammar drawn is empty
+        step.constraint.grammar = draw(grammars)
+        step.constraint.consumed_ids.extend(draw(consumed_id_lists))
     return step
 
 
@@ -200,9 +241,22 @@ plausible_live_positions = st.integers(LIVE_POSITIONS, CONTEXT - 8)
 plausible_positions = st.sampled_from([0, 0, 1, 2, 3, 4, 8])
 plausible_rows = st.integers(1, 4)
 plausible_ids = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=4)
-plausible_sampling = st.builds(pb.SamplingParams, temperature=st.sampled_from([0.0, 0.7]),
-                               top_p=st.sampled_from([0.0, 0.9, 1.0]), top_k=st.sampled_from([0, 40]),
-                               top_logprobs=st.integers(0, 3))
+plausible_biases = st.dictionaries(st.integers(0, VOCAB - 1), st.floats(-MAX_BIAS, MAX_BIAS, width=32), max_size=4)
+# Within every bound, edges included: what reaches the last stage's logits processors.
+plausible_sampling = st.builds(
+    pb.SamplingParams, temperature=st.sampled_from([0.0, 0.7]), top_p=st.sampled_from([0.0, 0.9, 1.0]),
+    top_k=st.sampled_from([0, 40]), top_logprobs=st.integers(0, 3),
+    min_p=st.sampled_from([0.0, 0.0, 0.05, 1.0, 1e-45]),
+    presence_penalty=st.sampled_from([0.0, 0.0, 1.5, -MAX_PENALTY, MAX_PENALTY]),
+    frequency_penalty=st.sampled_from([0.0, 0.0, -1.5, MAX_PENALTY, 1e-45]),
+    repetition_penalty=st.sampled_from([0.0, 0.0, 1.0, 1.3, 1e-45, MAX_REPETITION_PENALTY]),
+    logit_bias=st.one_of(st.just({}), plausible_biases))
+plausible_context = st.lists(st.integers(0, VOCAB - 1), max_size=8)
+# Grammars that pass every check on receipt: the last stage compiles them (or refuses them alone).
+plausible_grammars = st.one_of(*[known_grammars] * 4, *[st.text(min_size=1, max_size=40)] * 2, st.builds(
+    lambda piece, size: (piece * size)[:size], st.sampled_from(["x", "start: "]), st.just(MAX_GRAMMAR_BYTES)))
+plausible_consumed = st.one_of(st.just([]), st.just([]), st.lists(st.just(A_TOKEN), max_size=8),
+                               st.lists(st.integers(0, VOCAB - 1), max_size=4))
 
 
 @st.composite
@@ -228,6 +282,11 @@ def plausible_steps(draw, stage: int) -> pb.Step:
         step.want_token = True
         step.draft_ids.extend(list(step.token_ids)[-drafts:] if stage == 0 else draw(
             st.lists(st.integers(0, VOCAB - 1), min_size=drafts, max_size=drafts)))
+    if draw(st.integers(0, 2)) == 0:
+        step.context_ids.extend(draw(plausible_context))
+    if step.want_token and draw(st.integers(0, 2)) == 0:
+        step.constraint.grammar = draw(plausible_grammars)
+        step.constraint.consumed_ids.extend(draw(plausible_consumed))
     return step
 
 

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from node.model_config import ModelInfo
-from node.step_validation import (MAX_CARRIED_BYTES, MAX_END_SESSION_IDS, MAX_ID_CHARS, MAX_TOP_LOGPROBS, TIMINGS_SLACK,
-                                  reportable, shard_problem, slice_fits_model, step_limits, validate_end_session,
-                                  validate_results_request, validate_slice_spec, validate_step)
+from node.step_validation import (MAX_BIAS, MAX_CARRIED_BYTES, MAX_CONSUMED_IDS, MAX_CONTEXT_IDS, MAX_END_SESSION_IDS,
+                                  MAX_GRAMMAR_BYTES, MAX_ID_CHARS, MAX_LOGIT_BIAS, MAX_PENALTY, MAX_REPETITION_PENALTY,
+                                  MAX_TOP_LOGPROBS, TIMINGS_SLACK, reportable, shard_problem, slice_fits_model,
+                                  step_limits, validate_end_session, validate_results_request, validate_slice_spec,
+                                  validate_step)
 from proto import MAX_HIDDEN_SIZE, MAX_MESSAGE_BYTES, MAX_STEP_TOKENS, MESSAGE_ENVELOPE_BYTES
 from proto import boltpipe_pb2 as pb
 from tests.fuzz_messages import _varint
@@ -216,6 +218,125 @@ def test_top_logprobs_is_bounded(value: int) -> None:
 def test_sampling_is_checked_on_every_stage() -> None:
     # It travels with the step to the last stage: garbage is refused where it enters.
     assert refused(step1(sampling=pb.SamplingParams(top_p=2.0)), limits(1)).startswith("sampling.top_p")
+
+
+# ---- penalties' context, grammar and logits processors ---------------------------------------
+
+
+GRAMMAR = 'start: "yes" | "no"'
+
+
+def test_context_ids_are_bounded_and_lie_in_the_vocabulary() -> None:
+    assert validate_step(step0(context_ids=[VOCAB - 1] * MAX_CONTEXT_IDS), limits(0)) is None
+    assert validate_step(step0(context_ids=[0]), limits(0)) is None
+    assert refused(step0(context_ids=[1] * (MAX_CONTEXT_IDS + 1))) == \
+        f"context_ids: expected at most {MAX_CONTEXT_IDS} ids, got {MAX_CONTEXT_IDS + 1}"
+    assert refused(step0(context_ids=[3, VOCAB, 4])) == f"context_ids: expected ids in [0, {VOCAB}), got {VOCAB}"
+    assert refused(step0(context_ids=[3, -1, VOCAB])) == f"context_ids: expected ids in [0, {VOCAB}), got -1"
+    assert refused(step0(context_ids=[2**31 - 1])) == f"context_ids: expected ids in [0, {VOCAB}), got {2**31 - 1}"
+
+
+def test_a_constraint_needs_a_step_that_asks_for_a_token() -> None:
+    assert validate_step(step0(want_token=True, constraint=pb.Constraint(grammar=GRAMMAR)), limits(0)) is None
+    assert refused(step0(constraint=pb.Constraint(grammar=GRAMMAR))) == \
+        "constraint: only a step that asks for a token (want_token) carries a grammar"
+
+
+def test_the_grammar_is_not_empty_and_bounded_in_bytes() -> None:
+    at_limit = pb.Constraint(grammar="x" * MAX_GRAMMAR_BYTES)
+    assert validate_step(step0(want_token=True, constraint=at_limit), limits(0)) is None
+    assert refused(step0(want_token=True, constraint=pb.Constraint())) == \
+        f"constraint.grammar: expected 1 to {MAX_GRAMMAR_BYTES} bytes, got 0"
+    assert refused(step0(want_token=True, constraint=pb.Constraint(grammar="x" * (MAX_GRAMMAR_BYTES + 1)))) == \
+        f"constraint.grammar: expected 1 to {MAX_GRAMMAR_BYTES} bytes, got {MAX_GRAMMAR_BYTES + 1}"
+    # Bytes, not characters: fewer characters than the limit, one byte over it.
+    wide = pb.Constraint(grammar="\u00e9" * (MAX_GRAMMAR_BYTES // 2) + "x")
+    assert refused(step0(want_token=True, constraint=wide)) == \
+        f"constraint.grammar: expected 1 to {MAX_GRAMMAR_BYTES} bytes, got {MAX_GRAMMAR_BYTES + 1}"
+
+
+def test_consumed_ids_are_bounded_and_lie_in_the_vocabulary() -> None:
+    def constrained(consumed: list[int]) -> pb.Step:
+        return step0(want_token=True, constraint=pb.Constraint(grammar=GRAMMAR, consumed_ids=consumed))
+
+    assert validate_step(constrained([0, VOCAB - 1]), limits(0)) is None
+    assert validate_step(constrained([VOCAB - 1] * MAX_CONSUMED_IDS), limits(0)) is None
+    assert refused(constrained([1] * (MAX_CONSUMED_IDS + 1))) == \
+        f"constraint.consumed_ids: expected at most {MAX_CONSUMED_IDS} ids, got {MAX_CONSUMED_IDS + 1}"
+    assert refused(constrained([5, VOCAB])) == f"constraint.consumed_ids: expected ids in [0, {VOCAB}), got {VOCAB}"
+    assert refused(constrained([-1, 5])) == f"constraint.consumed_ids: expected ids in [0, {VOCAB}), got -1"
+
+
+def test_logit_bias_has_bounded_entries_in_the_vocabulary() -> None:
+    wide = step_limits(is_first=True, stage_index=0, hidden_size=HIDDEN, vocab_size=MAX_LOGIT_BIAS + 1,
+                       max_step_tokens=CHUNK, context_lengths=[CONTEXT])
+    at_limit = {i: 1.0 for i in range(MAX_LOGIT_BIAS)}
+    assert validate_step(step0(sampling=pb.SamplingParams(logit_bias=at_limit)), wide) is None
+    over = at_limit | {MAX_LOGIT_BIAS: 1.0}
+    assert refused(step0(sampling=pb.SamplingParams(logit_bias=over)), wide) == \
+        f"sampling.logit_bias: expected at most {MAX_LOGIT_BIAS} entries, got {MAX_LOGIT_BIAS + 1}"
+    assert validate_step(step0(sampling=pb.SamplingParams(logit_bias={0: 1.0, VOCAB - 1: -1.0})), limits(0)) is None
+    for bad in (VOCAB, -1, 2**31 - 1):
+        assert refused(step0(sampling=pb.SamplingParams(logit_bias={3: 1.0, bad: 1.0}))) == \
+            f"sampling.logit_bias: expected token ids in [0, {VOCAB}), got {bad}"
+
+
+@pytest.mark.parametrize("value", [MAX_BIAS + 0.5, -MAX_BIAS - 1.0, math.nan, math.inf, -math.inf])
+def test_logit_bias_values_are_finite_and_bounded(value: float) -> None:
+    assert refused(step0(sampling=pb.SamplingParams(logit_bias={5: value}))) == \
+        f"sampling.logit_bias[5]: expected -{MAX_BIAS:g} to {MAX_BIAS:g}, got {value}"
+    assert validate_step(step0(sampling=pb.SamplingParams(logit_bias={5: MAX_BIAS, 6: -MAX_BIAS})), limits(0)) is None
+
+
+@pytest.mark.parametrize("value", [-0.5, 1.5, math.nan, math.inf, -math.inf])
+def test_min_p_lies_in_0_1(value: float) -> None:
+    assert refused(step0(sampling=pb.SamplingParams(min_p=value))) == f"sampling.min_p: expected 0 to 1, got {value}"
+    for fine in (0.0, 0.05, 1.0):
+        assert validate_step(step0(sampling=pb.SamplingParams(min_p=fine)), limits(0)) is None
+
+
+@pytest.mark.parametrize("name", ["presence_penalty", "frequency_penalty"])
+@pytest.mark.parametrize("value", [MAX_PENALTY + 0.5, -MAX_PENALTY - 0.5, math.nan, math.inf, -math.inf])
+def test_presence_and_frequency_penalties_are_finite_and_bounded(name: str, value: float) -> None:
+    assert refused(step0(sampling=pb.SamplingParams(**{name: value}))) == \
+        f"sampling.{name}: expected -{MAX_PENALTY:g} to {MAX_PENALTY:g}, got {value}"
+    for fine in (-MAX_PENALTY, -2.0, 0.0, 2.0, MAX_PENALTY):
+        assert validate_step(step0(sampling=pb.SamplingParams(**{name: fine})), limits(0)) is None
+
+
+@pytest.mark.parametrize("value", [-0.5, -math.inf, MAX_REPETITION_PENALTY + 0.5, math.nan, math.inf])
+def test_repetition_penalty_is_not_negative_and_bounded(value: float) -> None:
+    assert refused(step0(sampling=pb.SamplingParams(repetition_penalty=value))) == \
+        f"sampling.repetition_penalty: expected 0 (off) to {MAX_REPETITION_PENALTY:g}, got {value}"
+    for fine in (0.0, 1.0, 1.3, MAX_REPETITION_PENALTY):
+        assert validate_step(step0(sampling=pb.SamplingParams(repetition_penalty=fine)), limits(0)) is None
+
+
+def test_a_step_with_every_processor_and_a_grammar_passes_on_every_stage() -> None:
+    # context_ids and the constraint travel with the step to the last stage: every stage accepts them.
+    sampling = pb.SamplingParams(temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, presence_penalty=0.5,
+                                 frequency_penalty=-0.5, repetition_penalty=1.1, logit_bias={0: -MAX_BIAS, 7: 2.5})
+    extras = dict(want_token=True, sampling=sampling, context_ids=[1, 2, VOCAB - 1],
+                  constraint=pb.Constraint(grammar=GRAMMAR, consumed_ids=[4, 5]))
+    assert validate_step(step0(**extras), limits(0)) is None
+    assert validate_step(step1(**extras), limits(1)) is None
+    assert validate_step(step1(hidden=hidden(1), **extras), limits(2)) is None
+
+
+def test_the_largest_grammar_and_id_lists_travel_within_the_envelope() -> None:
+    # On a later stage the step is its hidden state plus what it carries on; ids of a vocabulary
+    # below 2**28 take at most 4 bytes each.
+    ids = MAX_CONSUMED_IDS + MAX_CONTEXT_IDS + MAX_STEP_TOKENS  # drafts are fewer than the step's inputs
+    assert MAX_CARRIED_BYTES + MAX_GRAMMAR_BYTES + 4 * ids + 5 * 256 < MESSAGE_ENVELOPE_BYTES
+
+
+def test_context_grammar_and_bias_are_checked_on_every_stage() -> None:
+    assert refused(step1(context_ids=[VOCAB]), limits(1)) == f"context_ids: expected ids in [0, {VOCAB}), got {VOCAB}"
+    assert refused(step1(constraint=pb.Constraint(grammar=GRAMMAR)), limits(1)) == \
+        "constraint: only a step that asks for a token (want_token) carries a grammar"
+    assert refused(step1(sampling=pb.SamplingParams(logit_bias={VOCAB: 1.0})), limits(1)) == \
+        f"sampling.logit_bias: expected token ids in [0, {VOCAB}), got {VOCAB}"
+    assert refused(step1(sampling=pb.SamplingParams(min_p=2.0)), limits(1)) == "sampling.min_p: expected 0 to 1, got 2.0"
 
 
 # ---- timings and what travels on -------------------------------------------------------------
