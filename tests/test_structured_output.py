@@ -225,6 +225,26 @@ def test_logit_bias_and_penalties_give_mlx_lm_tokens_with_its_processors(api: Ap
     assert tokenizer.encode_text(answers[0], add_special_tokens=False)[0] != greedy_first
 
 
+def test_a_strong_frequency_penalty_stops_a_repetition(api: ApiCluster, model_dir: Path) -> None:
+    sentence = "The cat sat on the mat."
+    prompt = " ".join([sentence] * 3)
+    ids = tokenizer_for(model_dir).encode_text(prompt)
+
+    async def complete(**extra) -> str:
+        reply = await client(api).completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=24,
+                                                     **extra)
+        return reply.choices[0].text
+
+    async def both():
+        return await asyncio.gather(complete(), complete(frequency_penalty=2.0))
+
+    plain, penalized = asyncio.run(both())
+    assert plain == processed_greedy_text(model_dir, ids, 24, [])
+    assert penalized == processed_greedy_text(model_dir, ids, 24, make_logits_processors(frequency_penalty=2.0))
+    assert plain.strip().startswith(sentence)  # left alone, the model says it a fourth time
+    assert sentence not in penalized
+
+
 def test_unknown_parameters_are_refused_and_the_server_keeps_serving(api: ApiCluster) -> None:
     def post(body: dict) -> httpx.Response:
         return httpx.post(f"{api.base_url}/chat/completions", json={

@@ -14,6 +14,10 @@ from cluster.api.tools import call_grammar, generic_messages, tool_results_as_us
 from cluster.pipeline.tokenizer import PromptTokenizer
 
 
+# Formats whose calls cluster/api/tools.py call_grammar can hold an answer to.
+CONSTRAINABLE = ("hermes", "llama3", "mistral", "generic")
+
+
 @dataclass
 class ChatPrompt:
     ids: list[int]
@@ -31,6 +35,10 @@ def chat_prompt(tokenizer: PromptTokenizer, parsed: ParsedRequest) -> ChatPrompt
             parsed.params.grammar = call_grammar(tools, "generic")
         return ChatPrompt(tokenizer.encode_text(text), "generic" if tools else None)
     fmt = detect_format(tokenizer.chat_template)
+    if tools is not None and tools.choice == "required" and fmt not in CONSTRAINABLE:
+        # A format whose calls no grammar here writes (harmony's channels): a call that must come comes
+        # in the generic scheme, which every model can be held to.
+        fmt = "generic"
     history_has_tools = any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
     if fmt != "generic":  # the template renders tools and earlier calls itself
         offered = [t.to_openai() for t in tools.tools] if tools is not None else None

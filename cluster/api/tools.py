@@ -111,6 +111,8 @@ def call_grammar(request: ToolRequest, fmt: str) -> str | None:
     (tool_choice auto with a template that renders the tools)."""
     if request.choice == "auto" and fmt != "generic":
         return None
+    if fmt not in ("hermes", "llama3", "mistral", "generic"):
+        raise ValueError(f"no call grammar for the {fmt} format")
     if fmt == "llama3":
         call = f"%json {json.dumps(call_schema(request, arguments_key='parameters'))}"
         calls = f"call ((\";\" | \"\\n\") call)*" if request.parallel else "call"
