@@ -27,7 +27,8 @@ TESTS_DATA = REPO_ROOT / "tests" / "data"
 # The longest files first (pytest --durations shows them), so that with several test processes
 # (pytest -n 2 --dist loadfile) none of them is left running one of these at the end alone.
 LONGEST_FIRST = ("test_soak.py", "test_pipeline_equivalence.py", "test_openai_api.py", "test_ssh_deploy.py",
-                 "test_faults.py", "test_api_deadline.py", "test_metrics_prometheus.py", "test_cli_lifecycle.py",
+                 "test_faults.py", "test_structured_output.py", "test_api_deadline.py", "test_metrics_prometheus.py",
+                 "test_cli_lifecycle.py",
                  "test_worker_fuzz.py", "test_family_pipelines.py", "test_ollama_serving.py", "test_model_too_large.py",
                  "test_lab_discovery.py",
                  "test_architectures.py")
