@@ -1,7 +1,8 @@
 """Tool calls read from model output (cluster/api/tool_calls.py), whole and streamed.
 
 The outputs below are written the way the models print them: Qwen 2.5 (hermes), Llama 3.1, Mistral v3
-and the newer Mistral `name[ARGS]` form, plus the ways they go wrong.
+and the newer Mistral `name[ARGS]` form, gpt-oss (harmony, as generated after the prompt's
+`<|start|>assistant`), plus the ways they go wrong.
 """
 
 from __future__ import annotations
@@ -87,6 +88,46 @@ CASES = [
     ("mistral", '[TOOL_CALLS]get_weather{"city": "Paris"}', '[TOOL_CALLS]get_weather{"city": "Paris"}', []),
     ("mistral", "The weather in Paris is sunny, 24 degrees.", "The weather in Paris is sunny, 24 degrees.", []),
     ("mistral", "Numbers [1, 2, 3] and [TOOLS] in brackets.", "Numbers [1, 2, 3] and [TOOLS] in brackets.", []),
+    # gpt-oss (harmony)
+    ("harmony", "<|channel|>analysis<|message|>The user wants the weather in Paris. I should call get_weather."
+                "<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+                '<|message|>{"city": "Paris"}', "", [PARIS]),
+    ("harmony", "<|channel|>analysis<|message|>Weather and time in Paris: two calls.<|end|>"
+                "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+                '<|message|>{"city": "Paris"}<|call|>'
+                "<|start|>assistant<|channel|>commentary to=functions.get_time <|constrain|>json"
+                '<|message|>{"timezone": "Europe/Paris"}<|call|>', "", [PARIS, PARIS_TIME]),
+    ("harmony", "<|channel|>analysis<|message|>2 + 2 = 4. Simple.<|end|>"
+                "<|start|>assistant<|channel|>final<|message|>The answer is 4.", "The answer is 4.", []),
+    ("harmony", "<|channel|>analysis<|message|>Easy.<|end|><|start|>assistant<|channel|>final<|message|>"
+                "The answer is 4.<|return|>", "The answer is 4.", []),
+    ("harmony", "<|channel|>final<|message|>The weather in Paris is sunny, 24 degrees.",
+     "The weather in Paris is sunny, 24 degrees.", []),
+    ("harmony", "<|channel|>analysis<|message|>Need the weather.<|end|>"
+                "<|start|>assistant to=functions.get_weather<|channel|>commentary json"
+                '<|message|>{"city": "Paris"}<|call|>', "", [PARIS]),
+    ("harmony", "<|channel|>commentary<|message|>Let me check the weather for you.<|end|>"
+                "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+                '<|message|>{"city": "São Paulo"}', "", [("get_weather", {"city": "São Paulo"})]),
+    ("harmony", "<|channel|>analysis<|message|>Search it.<|end|><|start|>assistant<|channel|>commentary "
+                'to=functions.search <|constrain|>json<|message|>{"q": "a <|b|> } and \\"quotes\\" <"}',
+     "", [("search", {"q": 'a <|b|> } and "quotes" <'})]),
+    ("harmony", "<|channel|>commentary to=functions.get_weather <|constrain|>json"
+                '<|message|>{"city": Paris}<|call|>', "", []),  # malformed arguments
+    ("harmony", "<|channel|>commentary to=functions.get_weather <|constrain|>json"
+                '<|message|>["Paris"]<|call|>'
+                "<|start|>assistant<|channel|>commentary to=functions.get_time <|constrain|>json"
+                '<|message|>{"timezone": "Europe/Paris"}<|call|>', "", [PARIS_TIME]),
+    ("harmony", "<|channel|>commentary to=functions.get_weather <|constrain|>json"
+                '<|message|>{"city": "Par', "", []),  # cut off by max_tokens
+    ("harmony", "<|channel|>analysis<|message|>Let me think about the weather in", "", []),  # cut off
+    ("harmony", '<|channel|>commentary to=browser.search <|constrain|>json<|message|>{"query": "Paris"}<|call|>',
+     "", []),  # a built-in tool, not a function
+    ("harmony", "<|channel|>analysis<|message|>Thinking.<|end|><|start|>assistant<|channel|>final<|message|>"
+                "Use x < y and <b>bold</b>, <|not a marker|> [1, 2].", "Use x < y and <b>bold</b>, <|not a marker|> [1, 2].",
+     []),
+    ("harmony", "The weather in Paris is sunny, 24 degrees.", "The weather in Paris is sunny, 24 degrees.", []),
+    ("harmony", "Sure. <|channel|>final<|message|>It is 4.", "Sure. It is 4.", []),
 ]
 CASE_IDS = [f"{fmt}-{i}" for i, (fmt, *_) in enumerate(CASES)]
 
@@ -173,6 +214,11 @@ LLAMA_IPYTHON = ('{%- if message.role == "ipython" or message.role == "tool" %}'
 LLAMA_PYTHON_TAG = '{%- if builtin_tools is defined %}{{- "<|python_tag|>" + tool_call.name }}{%- endif %}'
 LLAMA_PARAMETERS = ('{{- \'Respond in the format {"name": function name, "parameters": dictionary of argument name '
                     'and its value}. Do not use variables.\\n\\n\' }}')
+GPT_OSS_TEMPLATE = ('{%- if message.tool_calls %}{{- "<|start|>assistant to=" + "functions." + tool_call.name + '
+                    '"<|channel|>commentary " + (tool_call.content_type if tool_call.content_type is defined else '
+                    '"json") + "<|message|>" }}{{- tool_call.arguments|tojson }}{{- "<|call|>" }}{%- endif %}'
+                    '{#- the tools namespace, written as TypeScript: "namespace functions {" ... "<tool_call>" #}'
+                    '{%- if add_generation_prompt %}<|start|>assistant{%- endif %}')
 CHATML_NO_TOOLS = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
                    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
                    "{% endif %}")
@@ -185,6 +231,7 @@ CHATML_NO_TOOLS = ("{% for message in messages %}{{'<|im_start|>' + message['rol
     (LLAMA_IPYTHON, "llama3"),
     (LLAMA_PYTHON_TAG, "llama3"),
     (LLAMA_PARAMETERS, "llama3"),
+    (GPT_OSS_TEMPLATE, "harmony"),
     (CHATML_NO_TOOLS, "generic"),
     ("", "generic"),
     (None, "generic"),
@@ -205,7 +252,7 @@ def test_plain_text_streams_through_at_once(fmt):
 
 
 @pytest.mark.parametrize("fmt, marker", [("hermes", "<tool_call>"), ("generic", "<tool_call>"),
-                                         ("mistral", "[TOOL_CALLS]")])
+                                         ("mistral", "[TOOL_CALLS]"), ("harmony", "<|channel|>")])
 def test_a_possible_marker_is_held_back_until_decided(fmt, marker):
     stream = ToolCallStream(fmt)
     assert stream.feed("Sure " + marker[:4]) == [("content", "Sure ")]
@@ -220,6 +267,8 @@ def test_a_possible_marker_is_held_back_until_decided(fmt, marker):
     ("llama3", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}'),
     ("mistral", '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]'),
     ("mistral", '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}'),
+    ("harmony", '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'),
+    ("harmony", '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|end|>'),
 ])
 def test_a_call_is_emitted_when_it_closes(fmt, call_text):
     stream = ToolCallStream(fmt)
@@ -244,3 +293,35 @@ def test_feed_after_finish_is_an_error():
     stream.finish()
     with pytest.raises(RuntimeError):
         stream.feed("more")
+
+
+def test_harmony_call_without_an_end_is_emitted_at_finish():
+    # The server stops at <|call|> without printing it: the call's message ends with the text.
+    stream = ToolCallStream("harmony")
+    assert stream.feed("<|channel|>analysis<|message|>I'll call it.<|end|><|start|>assistant") == []
+    assert stream.feed('<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": ') == []
+    assert stream.feed('"Paris"}') == []
+    [(kind, call)] = stream.finish()
+    assert kind == "call" and (call.name, json.loads(call.arguments)) == PARIS
+
+
+def test_harmony_a_call_is_emitted_when_the_next_message_begins():
+    stream = ToolCallStream("harmony")
+    assert stream.feed('<|channel|>commentary to=functions.get_weather json<|message|>{"city": "Paris"}') == []
+    [(kind, call), content] = stream.feed("<|start|>assistant<|channel|>final<|message|>Checking.")
+    assert kind == "call" and (call.name, json.loads(call.arguments)) == PARIS
+    assert content == ("content", "Checking.")
+    assert stream.finish() == []
+
+
+def test_harmony_final_answer_streams_as_it_arrives():
+    stream = ToolCallStream("harmony")
+    assert stream.feed("<|channel|>analysis<|message|>Two plus two") == []
+    assert stream.feed(" is four.<|end|><|start|>assistant<|channel|>fin") == []
+    assert stream.feed("al<|message|>The answer") == [("content", "The answer")]
+    assert stream.feed(" is 4 <") == [("content", " is 4 ")]  # "<" may begin a marker
+    assert stream.feed("5.") == [("content", "<5.")]
+    assert stream.feed(" Done<|") == [("content", " Done")]
+    assert stream.feed("ret") == []
+    assert stream.feed("urn|>") == []
+    assert stream.finish() == []

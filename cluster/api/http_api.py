@@ -16,8 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cluster.api.admission import Admission, AdmissionRefused
 from cluster.api.api_keys import key_accepted
 from cluster.api.chat_prompt import ChatPrompt, chat_prompt
+from cluster.api.cluster_view import ClusterView
 from cluster.api.coordinator_metrics import CoordinatorMetrics, RequestTimer
 from cluster.api.openai_responses import ResponseShaper
+from cluster.api.web_page import add_page_routes
 from cluster.api.openai_shapes import (ModelDefaults, ParsedRequest, RequestError, error_body, now, parse_request,
                                       with_defaults)
 from cluster.pipeline.engine import Engine, Finish, TextDelta, TokenStep
@@ -81,7 +83,8 @@ class ServeLimits:
 
 class OpenAIServer:
     def __init__(self, engine: Engine, model_name: str, admission: Admission, metrics: CoordinatorMetrics,
-                 limits: ServeLimits, defaults: ModelDefaults | None = None):
+                 limits: ServeLimits, defaults: ModelDefaults | None = None, view: ClusterView | None = None):
+        self.view = view  # the web page's view of the cluster (None: no page)
         self.engine = engine
         self.model_name = model_name
         self.admission = admission
@@ -99,6 +102,8 @@ class OpenAIServer:
         app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
+        if self.view is not None:
+            add_page_routes(app, self.view)
         return app
 
     @staticmethod

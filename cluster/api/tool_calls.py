@@ -7,14 +7,20 @@ Models print their calls in the format their chat template taught them:
 - "llama3" (Llama 3.1/3.2/3.3): the whole answer is `{"name": ..., "parameters": {...}}`, optionally
   after `<|python_tag|>`, several of them separated by `;` or newlines;
 - "mistral": `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]` (older models), or
-  `[TOOL_CALLS]name[ARGS]{...}` repeated (Mistral Small 3.2, Devstral), after optional text.
+  `[TOOL_CALLS]name[ARGS]{...}` repeated (Mistral Small 3.2, Devstral), after optional text;
+- "harmony" (OpenAI gpt-oss): a sequence of messages
+  `[<|start|>assistant[ to=functions.NAME]]<|channel|>CHANNEL[ to=functions.NAME][ <|constrain|>json]<|message|>BODY`,
+  each ending at `<|end|>`, `<|call|>`, `<|return|>` or the end of the text. A message addressed to
+  `functions.NAME` is a call whose arguments are its BODY (a JSON object); the answer is the BODY of the
+  `final` channel messages; `analysis` and other bodies are dropped, and so is a call whose BODY is not a
+  JSON object. Text outside any message is content (a model that skipped the format).
 
 `parse_tool_calls` reads a finished answer; `ToolCallStream` reads one while it streams, passing text
 through at once unless it may be the start of a call. Both are driven by the same per-format scanner,
 so they cannot disagree: a scanner looks at the text not yet decided and either decides how much of
 its beginning is content or a call, or (mid-stream only) asks for more text. Text that looks like a
 call but does not hold one (bad JSON, a name that is not a string, arguments that are not an object)
-stays content.
+stays content (harmony: is dropped with the rest of its message).
 """
 
 from __future__ import annotations
@@ -24,11 +30,17 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-FORMATS = ("hermes", "llama3", "mistral", "generic")
+FORMATS = ("hermes", "llama3", "mistral", "generic", "harmony")
 
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
 MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
+HARMONY_START, HARMONY_CHANNEL, HARMONY_CONSTRAIN, HARMONY_MESSAGE = (
+    "<|start|>", "<|channel|>", "<|constrain|>", "<|message|>")
+HARMONY_ENDS = ("<|end|>", "<|call|>", "<|return|>")
+HARMONY_MARKERS = (HARMONY_START, HARMONY_CHANNEL, HARMONY_CONSTRAIN, HARMONY_MESSAGE, *HARMONY_ENDS)
+HARMONY_FUNCTIONS = "functions."
+_HARMONY_LONGEST = max(len(marker) for marker in HARMONY_MARKERS)
 
 WHITESPACE = " \t\r\n"
 # A function name (OpenAI allows letters, digits, "_" and "-"; some tools use dots) and a Mistral call id.
@@ -36,6 +48,9 @@ _NAME = re.compile(r"[\w.\-]+")
 _CALL_ID = re.compile(r"[\w\-]+")
 # Llama 3.1's template spells out the call it wants: {"name": function name, "parameters": ...}.
 _PARAMETERS_STYLE = re.compile(r'\\?"parameters\\?"\s*:')
+# A harmony header's channel (`<|channel|>analysis`) and recipient (`to=functions.get_weather`).
+_HARMONY_CHANNEL_NAME = re.compile(r"<\|channel\|>\s*([^\s<]*)")
+_HARMONY_RECIPIENT = re.compile(r"(?<!\w)to=([^\s<]+)")
 
 
 @dataclass
@@ -51,11 +66,14 @@ class ToolCall:
 
 
 def detect_format(chat_template: str | None) -> str:
-    """Which tool-call format a model's chat template uses: "hermes" when the template mentions
-    <tool_call> (Qwen 2.5/3, Hermes, SmolLM3...), "mistral" when it mentions [TOOL_CALLS], "llama3" when
+    """Which tool-call format a model's chat template uses: "harmony" when the template mentions
+    <|channel|> (gpt-oss; checked first, as its templates mention other formats' words too), "hermes" when
+    it mentions <tool_call> (Qwen 2.5/3, Hermes, SmolLM3...), "mistral" when it mentions [TOOL_CALLS], "llama3" when
     it mentions <|python_tag|> or ipython or the Llama 3.1 'parameters' JSON style, else "generic" (a
     template that knows nothing of tools: boltpipe's own scheme)."""
     template = chat_template or ""
+    if HARMONY_CHANNEL in template:
+        return "harmony"
     if HERMES_OPEN in template:
         return "hermes"
     if MISTRAL_CALLS in template:
@@ -80,7 +98,8 @@ class ToolCallStream:
     of a call marker; text that might begin a call is held back until it is decided. A complete call is
     emitted as soon as its closing is seen (hermes/generic: </tool_call>; mistral: the closing of the JSON
     list or, for the newer [TOOL_CALLS]name[ARGS]{...} form, the end of the JSON object; llama3: when the
-    JSON object closes). At finish() anything held back that is not a complete call is emitted as
+    JSON object closes; harmony: at the end of its message, `<|end|>`, `<|call|>`, the next message or
+    finish(); the final channel's text is passed through as it arrives). At finish() anything held back that is not a complete call is emitted as
     content. Concatenating all content events and all calls equals parse_tool_calls on the whole text
     (content compared after strip)."""
 
@@ -136,6 +155,8 @@ def _scanner(fmt: str) -> "_Scanner":
         return _Llama3Scanner()
     if fmt == "mistral":
         return _MistralScanner()
+    if fmt == "harmony":
+        return _HarmonyScanner()
     raise ValueError(f"unknown tool-call format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
@@ -283,6 +304,108 @@ class _MistralScanner(_Scanner):
         if call_id:
             call.id = call_id  # the model's own id, which its later turns refer to
         return "calls", end, [call]
+
+
+class _HarmonyScanner(_Scanner):
+    """gpt-oss harmony messages: each header (`<|start|>`, `<|channel|>` ... `<|message|>`) is dropped once
+    read, and tells what its body is: the answer ("content", passed on as it comes), a call's arguments
+    ("call", kept until the message ends) or anything else ("drop", dropped as it comes). A message ends
+    at `<|end|>`, `<|call|>` or `<|return|>` (dropped), or where the next one begins without one."""
+
+    def __init__(self):
+        self._in: str | None = None  # None between messages, else the body being read: "content" / "call" / "drop"
+        self._name = ""              # the function a "call" body holds the arguments of
+        self._from = 0               # where to look on for a marker in the undecided text (a header, a call)
+
+    def decided(self) -> None:
+        self._from = 0
+
+    def step(self, text: str, final: bool) -> Decision:
+        if self._in is None:
+            return self._between(text, final)
+        if self._in == "call":
+            return self._call(text, final)
+        return self._body(text, final)
+
+    def _between(self, text: str, final: bool) -> Decision:
+        at, marker = _harmony_marker(text, 0, final)
+        if at > 0:
+            return "content", at, []  # outside any message: a model that skipped the format
+        if marker is None:
+            return None  # what may begin a marker, mid-stream
+        if marker in HARMONY_ENDS:
+            return "calls", len(marker), []  # a stray end of a message
+        return self._header(text, final)
+
+    def _header(self, text: str, final: bool) -> Decision:
+        """A header from `<|start|>`, `<|channel|>` (or a stray `<|constrain|>` / `<|message|>`) at 0."""
+        at = self._from
+        while True:
+            at, marker = _harmony_marker(text, at, final)
+            if marker == HARMONY_MESSAGE:
+                self._open(text[:at])
+                return "calls", at + len(marker), []
+            if marker in (HARMONY_CHANNEL, HARMONY_CONSTRAIN) or (marker == HARMONY_START and at == 0):
+                at += len(marker)
+            elif marker is not None:  # an end or another message before the body: a broken header
+                return "calls", at, []
+            elif final:  # cut off before its body
+                return "calls", len(text), []
+            else:
+                self._from = at
+                return None
+
+    def _open(self, header: str) -> None:
+        recipient = _HARMONY_RECIPIENT.search(header)
+        channel = _HARMONY_CHANNEL_NAME.search(header)
+        if recipient is not None:
+            to = recipient.group(1)
+            name = to[len(HARMONY_FUNCTIONS):] if to.startswith(HARMONY_FUNCTIONS) else ""
+            self._in, self._name = ("call", name) if _NAME.fullmatch(name) else ("drop", "")
+        else:  # a message with no channel at all is taken for the answer
+            self._in = "content" if channel is None or channel.group(1) == "final" else "drop"
+
+    def _body(self, text: str, final: bool) -> Decision:
+        """The answer or a dropped body: decided as it comes, up to what may begin a marker."""
+        at, marker = _harmony_marker(text, 0, final)
+        if at > 0:
+            return ("content" if self._in == "content" else "calls"), at, []
+        if marker is None:
+            return None
+        self._in = None
+        if marker in HARMONY_ENDS:
+            return "calls", len(marker), []
+        return self._between(text, final)  # the next message begins without an end to this one
+
+    def _call(self, text: str, final: bool) -> Decision:
+        """A call's arguments, up to the end of its message."""
+        at, marker = _harmony_marker(text, self._from, final)
+        if marker is None and not final:
+            self._from = at
+            return None
+        self._in = None
+        end = at + len(marker) if marker in HARMONY_ENDS else at
+        if end == 0:  # the next message begins at once: no arguments, no call
+            return self._between(text, final)
+        arguments = _json_object(text[:at])
+        return "calls", end, [] if arguments is None else [ToolCall(self._name, _dump(arguments))]
+
+
+def _harmony_marker(text: str, start: int, final: bool) -> tuple[int, str | None]:
+    """The first harmony marker at or after `start`: (where, which); mid-stream (where, None) for an end
+    of the text that may begin one; else (len(text), None)."""
+    at = text.find("<|", start)
+    while at != -1:
+        for marker in HARMONY_MARKERS:
+            if text.startswith(marker, at):
+                return at, marker
+        if not final and len(text) - at < _HARMONY_LONGEST and any(
+                marker.startswith(text[at:]) for marker in HARMONY_MARKERS):
+            return at, None
+        at = text.find("<|", at + 2)
+    if not final and text.endswith("<") and len(text) - 1 >= start:
+        return len(text) - 1, None
+    return len(text), None
 
 
 def _content_before(text: str, marker_at: int, marker: str, final: bool) -> Decision:

@@ -146,7 +146,7 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
             print(f"boltpipe: {note}", flush=True)
         api = OpenAIServer(cluster.engine, cluster.model_name, cluster.admission, cluster.metrics,
                            ServeLimits(cluster.context_length, inventory.request_timeout_s, cluster.vanished, keys),
-                           cluster.defaults)
+                           cluster.defaults, cluster.view(bool(keys)))
         runner = api.runner(api.app())
         await runner.setup()
         try:
@@ -162,6 +162,7 @@ async def serve(inventory: Inventory, *, show_progress: bool = True) -> int:
         print(f"boltpipe: {cluster.model_name} over {len(cluster.plan)} stages: {layers}", flush=True)
         print(f"boltpipe: serving at {inventory.url}/v1 (OpenAI API; context {cluster.context_length} tokens, "
               f"{cluster.admission.max_running} requests at once); Ctrl-C stops", flush=True)
+        print(f"boltpipe: the cluster's page: {inventory.url}/ (chat, ring, live latency)", flush=True)
         await stop.wait()
         print("boltpipe: stopping", flush=True)
         return 0

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from cluster import paths
 from cluster.api.admission import Admission
+from cluster.api.cluster_view import ClusterView, RingNode
 from cluster.api.openai_shapes import ModelDefaults
 from cluster.api.coordinator_metrics import CoordinatorMetrics
 from cluster.credentials import coordinator_auth, worker_settings
@@ -77,6 +78,13 @@ class RunningCluster:
     @property
     def plan(self) -> list[PlannedStage]:
         return self.cluster_plan.stages
+
+    def view(self, api_key_required: bool) -> ClusterView:
+        """What the web page shows of this cluster."""
+        nodes = [RingNode(s.node, s.facts.address.rsplit(":", 1)[0].strip("[]"), s.facts.machine, s.backend,
+                          (s.layer_start, s.layer_end), s.placement.budget_bytes, s.next_link) for s in self.plan]
+        return ClusterView(self.engine, self.admission, self.metrics, self.model_name, self.context_length, nodes,
+                           api_key_required)
 
     @property
     def context_length(self) -> int:

@@ -20,6 +20,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 import grpc
 
+from cluster.pipeline.stage_figures import StageFigures
 from cluster.pipeline.stage_watch import StageWatch, WatchSettings
 from node import sysinfo
 from node.clock_sync import ClockOffset, sync_clock
@@ -65,6 +66,7 @@ class PipelineClient:
         self.clocks = [ClockOffset() for _ in stages]
         # Called with (phase, nanoseconds) for every result whose hop back could be timed.
         self.on_return_hop: Callable[[str, int], None] | None = None
+        self.figures = StageFigures(len(stages))  # live per-stage figures (the web page)
         self.watch = StageWatch(self, specs, watch or WatchSettings())
 
     async def start(self, timeout: float = 10.0) -> None:
@@ -135,11 +137,13 @@ class PipelineClient:
 
     def _time_return_hop(self, result: pb.StepResult, recv_ns: int) -> None:
         clock, sent = self.clocks[-1], result.timings[-1]
-        if self.on_return_hop is None or not clock.known or not sent.send_ns:
-            return
-        # The last stage's clock reads offset_ns ahead of ours.
-        hop = max(0, recv_ns - (sent.send_ns - clock.offset_ns))
-        self.on_return_hop("decode" if result.decode else "prefill", hop)
+        hop = None
+        if clock.known and sent.send_ns:
+            # The last stage's clock reads offset_ns ahead of ours.
+            hop = max(0, recv_ns - (sent.send_ns - clock.offset_ns))
+            if self.on_return_hop is not None:
+                self.on_return_hop("decode" if result.decode else "prefill", hop)
+        self.figures.observe(result, returned_ns=hop)
 
     def fail_all(self, message: str, *, stage_lost: bool = True) -> None:
         """Ends every request in flight with `message`, at once."""
