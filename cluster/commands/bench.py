@@ -220,6 +220,11 @@ async def _bench_load(args: argparse.Namespace) -> dict:
                        blas={"cluster": blas, "single_process": single_blas})
 
 
+def _what_ran(result: dict) -> str:
+    """The report's last line: the served dtype and the BLAS the nodes used."""
+    return f"\nmodel {result['dtype']}, BLAS {', '.join(sorted(set(result['blas'].values())))}"
+
+
 def run(args: argparse.Namespace) -> int:
     load = args.concurrency is not None
     if args.pinned and not load:
@@ -242,8 +247,7 @@ def run(args: argparse.Namespace) -> int:
         args.gen_tokens = args.gen_tokens or 96
         one_thread_each()
         result = asyncio.run(_bench_structured(args))
-        print(json.dumps(result, indent=2) if args.json else format_structured(result)
-              + f"\nmodel {result['dtype']}, BLAS {', '.join(sorted(set(result['blas'].values())))}")
+        print(json.dumps(result, indent=2) if args.json else format_structured(result) + _what_ran(result))
         return 0
     if args.speculative:
         if load:
@@ -254,8 +258,7 @@ def run(args: argparse.Namespace) -> int:
         one_thread_each()
         result = asyncio.run(_bench_speculative(args))
         text = "\n\n".join(format_speculative(run) for run in result["runs"])
-        print(json.dumps(result, indent=2) if args.json else text
-              + f"\nmodel {result['dtype']}, BLAS {', '.join(sorted(set(result['blas'].values())))}")
+        print(json.dumps(result, indent=2) if args.json else text + _what_ran(result))
         return 0
     args.prompt_tokens = args.prompt_tokens or (64 if load else 512)
     args.gen_tokens = args.gen_tokens or (32 if load else 64)
