@@ -121,6 +121,7 @@ def format_load_table(report: dict) -> str:
         lines.append("")
 
     lines.append(f"model: {report.get('dtype') or '?'}; {blas_summary(report.get('blas', {}))}")
+    lines.append("prefix cache and speculation off in the cluster, so that every level measures batching alone")
     lines.append("")
     table(f"unpinned: cluster of {report['stages']} stages vs mlx-lm in one process (BatchGenerator)",
           report["cluster"], report["single_process"], None, report["ratios"])

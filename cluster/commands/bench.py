@@ -92,6 +92,10 @@ def _inventory(args: argparse.Namespace) -> Inventory:
         inventory = dataclasses.replace(inventory, nodes=inventory.nodes[: args.stages])
     if args.float32:
         inventory = float32_inventory(inventory)
+    if args.concurrency is not None:
+        # The load runs measure batching: a prompt seen in an earlier run must not start from a kept
+        # prefix, and a lone stream must not draft (the one-process baseline does neither).
+        inventory = dataclasses.replace(inventory, prefix_cache=False, speculation="off")
     return inventory
 
 
