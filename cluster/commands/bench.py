@@ -229,6 +229,16 @@ def _what_ran(result: dict) -> str:
     return f"\nmodel {result['dtype']}, BLAS {', '.join(sorted(set(result['blas'].values())))}"
 
 
+def _one_stream_run(args: argparse.Namespace, conflict: str, conflicting: bool) -> None:
+    """The checks and defaults the one-stream comparisons (--speculative, --structured) share."""
+    if conflicting:
+        raise SystemExit(f"error: {conflict}")
+    if args.repeats < 1:
+        raise SystemExit("error: --repeats must be at least 1")
+    args.gen_tokens = args.gen_tokens or 96
+    one_thread_each()
+
+
 def run(args: argparse.Namespace) -> int:
     load = args.concurrency is not None
     if args.pinned and not load:
@@ -244,22 +254,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2) if args.json else format_chat_turns(result))
         return 0
     if args.structured:
-        if load or args.speculative:
-            raise SystemExit("error: --structured measures one stream at a time; leave out --concurrency and --speculative")
-        if args.repeats < 1:
-            raise SystemExit("error: --repeats must be at least 1")
-        args.gen_tokens = args.gen_tokens or 96
-        one_thread_each()
+        _one_stream_run(args, "--structured measures one stream at a time; leave out --concurrency and --speculative",
+                        load or args.speculative)
         result = asyncio.run(_bench_structured(args))
         print(json.dumps(result, indent=2) if args.json else format_structured(result) + _what_ran(result))
         return 0
     if args.speculative:
-        if load:
-            raise SystemExit("error: --speculative measures one stream; leave out --concurrency")
-        if args.repeats < 1:
-            raise SystemExit("error: --repeats must be at least 1")
-        args.gen_tokens = args.gen_tokens or 96
-        one_thread_each()
+        _one_stream_run(args, "--speculative measures one stream; leave out --concurrency", load)
         result = asyncio.run(_bench_speculative(args))
         text = "\n\n".join(format_speculative(run) for run in result["runs"])
         print(json.dumps(result, indent=2) if args.json else text + _what_ran(result))
